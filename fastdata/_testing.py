@@ -1,0 +1,31 @@
+"""Deterministic kill points for crash tests (ACCEPTANCE.md, "Deterministic kill points").
+
+``FASTDATA_TEST_PAUSE=<site>:<n>`` makes the n-th (1-based) arrival at ``site`` write
+``<site>.ready`` into ``FASTDATA_TEST_PAUSE_DIR`` (default: the working directory) and
+block until the test kills the process. Unset, a pause point costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+_hits: Counter[str] = Counter()
+
+
+def pause_point(site: str) -> None:
+    wanted = os.environ.get("FASTDATA_TEST_PAUSE")
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    if name != site:
+        return
+    _hits[site] += 1
+    if _hits[site] != int(count or 1):
+        return
+    directory = os.environ.get("FASTDATA_TEST_PAUSE_DIR", ".")
+    with open(os.path.join(directory, f"{site}.ready"), "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(3600)

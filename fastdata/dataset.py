@@ -1,0 +1,263 @@
+"""Reading a packed dataset back: ``fastdata.open_dataset``.
+
+Local, uncompressed shards are memory-mapped where they lie. Shards that are remote or
+compressed are first copied into a local directory (``cache_dir``), verified against the
+manifest's hashes, decompressed with bounded output, and published atomically; the
+node-wide cache with limits and eviction is ``TokenDataset``'s business, not this one's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastdata.atomic import sweep_stale_temps, temp_name
+from fastdata.errors import FastdataError, FastdataFormatError, FastdataIntegrityError
+from fastdata.format.compression import decompress_shard
+from fastdata.format.hashing import hash_file
+from fastdata.format.manifest import Manifest, ShardInfo, TokenizerInfo, parse_manifest
+from fastdata.format.reader import ShardView, gather, open_shard
+from fastdata.format.spec import DTYPES, DTYPE_CODES, MANIFEST_NAME
+from fastdata.storage.remote import Store
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> str:
+    return os.path.join(tempfile.gettempdir(), f"fastdata-{os.getuid()}")
+
+
+def load_manifest(store: Store) -> Manifest:
+    """Read and validate the manifest of the dataset at ``store``."""
+    where = store.describe(MANIFEST_NAME)
+    if store.size(MANIFEST_NAME) is None:
+        raise FastdataFormatError(
+            f"{where} does not exist: not a fastdata dataset, or its pack has not finished"
+        )
+    return parse_manifest(store.read_bytes(MANIFEST_NAME), where)
+
+
+class _LocalCopies:
+    """Verified raw copies of remote or compressed shards in a local directory."""
+
+    def __init__(self, store: Store, manifest: Manifest, cache_dir: str) -> None:
+        self.store = store
+        self.dir = os.path.join(cache_dir, manifest.fingerprint)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        sweep_stale_temps(self.dir)
+
+    def path(self, shard: ShardInfo) -> str:
+        raw_name = shard.name.removesuffix(".zst")
+        final = os.path.join(self.dir, raw_name)
+        if _size(final) == shard.raw_bytes:
+            return final
+        download = os.path.join(self.dir, temp_name(shard.name))
+        try:
+            if self.store.local:
+                download = self.store.path(shard.name)
+            else:
+                self.store.fetch(shard.name, download)
+            check_file(download, shard.stored_bytes, shard.xxh3_128, self.store.describe(shard.name))
+            if shard.compressed:
+                out = decompress_shard(download, final, shard.raw_bytes)
+                if out.xxh3_128 != shard.raw_xxh3_128:
+                    os.unlink(final)
+                    raise _mismatch(self.store.describe(shard.name) + " (decompressed)",
+                                    shard.raw_xxh3_128, out.xxh3_128)
+            else:
+                os.replace(download, final)
+        finally:
+            if not self.store.local and os.path.exists(download):
+                os.unlink(download)
+        return final
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _mismatch(where: str, expected: str, actual: str) -> FastdataIntegrityError:
+    return FastdataIntegrityError(
+        f"{where}: xxh3_128 is {actual}, the manifest says {expected} "
+        "(the shard is corrupt or was replaced; re-pack or re-upload it)"
+    )
+
+
+def check_file(path: str, size: int, digest: str, where: str) -> None:
+    """Raise FastdataIntegrityError unless ``path`` has ``size`` bytes hashing to ``digest``."""
+    actual_size = _size(path)
+    if actual_size != size:
+        raise FastdataIntegrityError(f"{where}: size is {actual_size} bytes, the manifest says {size}")
+    actual = hash_file(path)
+    if actual != digest:
+        raise _mismatch(where, digest, actual)
+
+
+class Dataset:
+    """A packed dataset opened for reading: documents and token ranges as numpy arrays.
+
+    Use :func:`open_dataset` to make one. Arrays returned by :meth:`doc` are read-only,
+    zero-copy views of the memory-mapped shards.
+    """
+
+    def __init__(self, store: Store, manifest: Manifest, cache_dir: str | None = None) -> None:
+        self.store = store
+        self.manifest = manifest
+        docs = np.array([s.docs for s in manifest.shards], dtype=np.int64)
+        toks = np.array([s.tokens for s in manifest.shards], dtype=np.int64)
+        self._doc_starts = np.concatenate([[0], np.cumsum(docs)])
+        self._token_starts = np.concatenate([[0], np.cumsum(toks)])
+        self._views: dict[int, ShardView] = {}
+        direct = store.local and manifest.compression is None
+        self._copies = None if direct else _LocalCopies(store, manifest, cache_dir or default_cache_dir())
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.store.display!r}, shards={len(self.shards)}, docs={self.num_docs}, "
+                f"tokens={self.num_tokens})")
+
+    @property
+    def shards(self) -> tuple[ShardInfo, ...]:
+        return self.manifest.shards
+
+    @property
+    def num_docs(self) -> int:
+        return int(self._doc_starts[-1])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self._token_starts[-1])
+
+    @property
+    def tokenizer(self) -> TokenizerInfo:
+        return self.manifest.tokenizer
+
+    @property
+    def dtype(self) -> np.dtype:
+        return DTYPES[DTYPE_CODES[self.manifest.dtype]]
+
+    def __len__(self) -> int:
+        return self.num_docs
+
+    def shard(self, index: int) -> ShardView:
+        """The opened (validated, memory-mapped) shard ``index``."""
+        view = self._views.get(index)
+        if view is None:
+            info = self.shards[index]
+            path = self._copies.path(info) if self._copies else self.store.path(info.name)
+            view = open_shard(path)
+            if view.num_docs != info.docs or view.num_tokens != info.tokens:
+                raise FastdataFormatError(
+                    f"{path}: holds {view.num_docs} docs / {view.num_tokens} tokens, the manifest "
+                    f"says {info.docs} / {info.tokens}"
+                )
+            self._views[index] = view
+        return view
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        if not -self.num_docs <= i < self.num_docs:
+            raise IndexError(f"document {i} out of range for a dataset of {self.num_docs}")
+        i %= max(self.num_docs, 1)
+        s = int(np.searchsorted(self._doc_starts, i, side="right")) - 1
+        return s, i - int(self._doc_starts[s])
+
+    def doc(self, i: int) -> np.ndarray:
+        """Tokens of document ``i`` (zero-copy, read-only)."""
+        s, j = self._locate(i)
+        return self.shard(s).doc(j)
+
+    __getitem__ = doc
+
+    def loss_mask(self, i: int) -> np.ndarray:
+        """Loss mask of document ``i`` (1 = trained); only for datasets packed from chat data."""
+        s, j = self._locate(i)
+        return self.shard(s).doc_loss_mask(j)
+
+    def doc_lengths(self) -> np.ndarray:
+        """Length in tokens of every document, in order."""
+        parts = [np.diff(self.shard(s).doc_offsets()) for s in range(len(self.shards))]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def tokens(self, start: int, stop: int) -> np.ndarray:
+        """Global tokens ``[start, stop)`` across shard boundaries, as a new array."""
+        if not 0 <= start <= stop <= self.num_tokens:
+            raise IndexError(f"token range [{start}, {stop}) outside [0, {self.num_tokens})")
+        first = int(np.searchsorted(self._token_starts, start, side="right")) - 1
+        spans, views, pos = [], [], start
+        s = first
+        while pos < stop:
+            end = min(stop, int(self._token_starts[s + 1]))
+            if end > pos:
+                spans.append((len(views), pos - int(self._token_starts[s]), end - pos))
+                views.append(self.shard(s))
+            pos, s = end, s + 1
+        out = np.empty(stop - start, dtype=self.dtype)
+        if spans:
+            gather(views, np.array(spans, dtype=np.int64), out)
+        return out
+
+    def close(self) -> None:
+        for view in self._views.values():
+            view.close()
+        self._views.clear()
+
+    def __enter__(self) -> Dataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None,
+                 cache_dir: str | None = None) -> Dataset:
+    """Open the packed dataset at a local path or fsspec URL.
+
+    Args:
+        url: dataset directory or URL prefix (the folder holding ``manifest.json``).
+        storage_options: passed to fsspec for remote URLs (credentials stay out of messages).
+        cache_dir: where remote or compressed shards are copied and decompressed;
+            default ``$TMPDIR/fastdata-<uid>``.
+
+    Raises:
+        FastdataFormatError: the manifest is missing, incomplete or invalid.
+    """
+    store = Store(url, storage_options)
+    return Dataset(store, load_manifest(store), cache_dir)
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    name: str
+    message: str
+
+
+def verify_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) -> tuple[Manifest, list[ShardProblem]]:
+    """Re-hash every shard of the dataset at ``url`` and open each raw shard once.
+
+    Returns:
+        The manifest and one problem per bad shard (empty when all is well).
+    """
+    store = Store(url, storage_options)
+    manifest = load_manifest(store)
+    problems = []
+    # A fresh directory, so that remote and compressed shards are fetched and re-hashed.
+    with tempfile.TemporaryDirectory(prefix="fastdata-verify-") as scratch:
+        dataset = Dataset(store, manifest, scratch)
+        for i, info in enumerate(manifest.shards):
+            try:
+                if store.local:
+                    check_file(store.path(info.name), info.stored_bytes, info.xxh3_128,
+                               store.describe(info.name))
+                dataset.shard(i)  # copies are hash-checked on the way in
+            except (FastdataError, OSError) as e:
+                problems.append(ShardProblem(info.name, str(e)))
+        dataset.close()
+    return manifest, problems

@@ -1,0 +1,136 @@
+"""The zstd shard wrapper (``*.fds.zst``): independent frames with recorded raw sizes.
+
+Compressing cuts a raw shard into blocks of at most ``block_size`` bytes, each an
+independent zstd frame, so decompression is bounded block by block: a frame never
+produces more than its recorded raw size, the total never exceeds the manifest's
+``raw_bytes``, and the decoder refuses windows larger than the block size. See
+``docs/format.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import BinaryIO
+
+import zstandard
+
+from fastdata.atomic import atomic_output
+from fastdata.errors import FastdataFormatError
+from fastdata.format.hashing import new_hasher
+from fastdata.format.spec import ZSTD_BLOCK_ENTRY, ZSTD_HEADER_SIZE, ZSTD_MAGIC, ZSTD_VERSION
+from fastdata.format.writer import WrittenFile
+
+DEFAULT_BLOCK_SIZE = 4 << 20
+MAX_BLOCK_SIZE = 64 << 20
+_HEADER = struct.Struct("<8sH6xQQQ24x")
+
+
+def compress_shard(raw_path: str, out_path: str, *, level: int = 3,
+                   block_size: int = DEFAULT_BLOCK_SIZE) -> WrittenFile:
+    """Write the zstd wrapper of the raw shard at ``raw_path`` to ``out_path`` atomically."""
+    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    frames: list[bytes] = []
+    raw_sizes: list[int] = []
+    with open(raw_path, "rb") as f:
+        while block := f.read(block_size):
+            frames.append(cctx.compress(block))
+            raw_sizes.append(len(block))
+    table = b"".join(ZSTD_BLOCK_ENTRY.pack(len(fr), n) for fr, n in zip(frames, raw_sizes))
+    raw_size = sum(raw_sizes)
+    header = _HEADER.pack(ZSTD_MAGIC, ZSTD_VERSION, raw_size, block_size, len(frames))
+    hasher = new_hasher()
+    size = 0
+    with atomic_output(out_path) as out:
+        for part in (header, table, *frames):
+            out.write(part)
+            hasher.update(part)
+            size += len(part)
+    return WrittenFile(size, hasher.hexdigest())
+
+
+def _read_exact(f: BinaryIO, n: int, path: str, what: str, offset: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise FastdataFormatError(
+            f"{path}: truncated {what} at byte {offset}: expected {n} bytes, got {len(data)}"
+        )
+    return data
+
+
+def _check_header(raw: bytes, path: str, raw_size: int) -> tuple[int, int]:
+    magic, version, declared, block_size, num_blocks = _HEADER.unpack(raw)
+    if magic != ZSTD_MAGIC:
+        raise FastdataFormatError(f"{path}: bad magic {magic!r} at byte 0 (not a fastdata .fds.zst)")
+    if version > ZSTD_VERSION:
+        raise FastdataFormatError(
+            f"{path}: unsupported format version {version} (this fastdata reads <= {ZSTD_VERSION})"
+        )
+    if declared != raw_size:
+        raise FastdataFormatError(
+            f"{path}: field raw_size at byte 16 is {declared}, the manifest says {raw_size}"
+        )
+    if not 0 < block_size <= MAX_BLOCK_SIZE:
+        raise FastdataFormatError(f"{path}: field block_size at byte 24 is {block_size} "
+                                  f"(limit {MAX_BLOCK_SIZE})")
+    if num_blocks != -(-raw_size // block_size):
+        raise FastdataFormatError(
+            f"{path}: field num_blocks at byte 32 is {num_blocks}, expected "
+            f"{-(-raw_size // block_size)} for raw_size {raw_size} and block_size {block_size}"
+        )
+    return block_size, num_blocks
+
+
+def _decompress_frame(frame: bytes, expected: int, dctx: zstandard.ZstdDecompressor,
+                      path: str, offset: int) -> bytes:
+    declared = zstandard.frame_content_size(frame)
+    if declared not in (-1, expected):
+        raise FastdataFormatError(
+            f"{path}: zstd frame at byte {offset} declares {declared} bytes, "
+            f"limit is the recorded raw size {expected}"
+        )
+    try:
+        with dctx.stream_reader(io.BytesIO(frame)) as reader:
+            out = reader.read(expected + 1)
+    except zstandard.ZstdError as e:
+        raise FastdataFormatError(f"{path}: zstd frame at byte {offset} is invalid: {e}") from None
+    if len(out) != expected:
+        raise FastdataFormatError(
+            f"{path}: zstd frame at byte {offset} expands to "
+            f"{'more than' if len(out) > expected else 'only'} {min(len(out), expected)} bytes, "
+            f"recorded raw size is {expected}"
+        )
+    return out
+
+
+def decompress_shard(src_path: str, dst_path: str, raw_size: int) -> WrittenFile:
+    """Decompress ``src_path`` into a raw shard at ``dst_path``, never beyond ``raw_size``.
+
+    Raises:
+        FastdataFormatError: the wrapper is malformed, or a frame is corrupt or would
+            expand beyond its recorded size (a decompression bomb).
+    """
+    hasher = new_hasher()
+    with open(src_path, "rb") as f, atomic_output(dst_path) as out:
+        header = _read_exact(f, ZSTD_HEADER_SIZE, src_path, "header", 0)
+        block_size, num_blocks = _check_header(header, src_path, raw_size)
+        table = _read_exact(f, ZSTD_BLOCK_ENTRY.size * num_blocks, src_path, "block table", 64)
+        entries = [ZSTD_BLOCK_ENTRY.unpack_from(table, i * 16) for i in range(num_blocks)]
+        dctx = zstandard.ZstdDecompressor(max_window_size=max(block_size, 1 << 20) * 2)
+        offset = ZSTD_HEADER_SIZE + len(table)
+        remaining = raw_size
+        for stored, raw in entries:
+            if raw != min(block_size, remaining) or stored > 2 * block_size + 4096:
+                raise FastdataFormatError(
+                    f"{src_path}: block table entry at byte {offset} is inconsistent "
+                    f"(stored {stored}, raw {raw}, block_size {block_size})"
+                )
+            frame = _read_exact(f, stored, src_path, "zstd frame", offset)
+            data = _decompress_frame(frame, raw, dctx, src_path, offset)
+            out.write(data)
+            hasher.update(data)
+            offset += stored
+            remaining -= raw
+        if f.read(1):
+            raise FastdataFormatError(f"{src_path}: unexpected bytes after the last frame at {offset}")
+    return WrittenFile(raw_size, hasher.hexdigest())

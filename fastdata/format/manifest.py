@@ -1,0 +1,286 @@
+"""The dataset manifest: what a packed dataset holds and how to check it.
+
+A manifest is plain JSON (see ``docs/format.md``). :func:`parse_manifest` validates
+everything a reader relies on before any shard is touched: the format version, the
+tokenizer identity, and every shard entry (a safe relative name, non-negative sizes,
+hashes). A bad manifest raises :class:`FastdataFormatError` naming the source and the
+field or JSON position.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import xxhash
+
+from fastdata.errors import FastdataFormatError
+from fastdata.format.spec import DTYPE_CODES, MANIFEST_NAME, RAW_SUFFIX, VERSION, ZSTD_SUFFIX
+
+_HEX128 = re.compile(r"^[0-9a-f]{32}$")
+_MAX_NAME = 255
+COMPRESSIONS = (None, "zstd")
+TOKENIZER_KINDS = ("bytes", "huggingface", "tiktoken", "pretokenized")
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """Identity of the tokenizer that produced a dataset."""
+
+    kind: str
+    name: str
+    vocab_size: int
+    eos_id: int | None
+    bos_id: int | None
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard as recorded in the manifest."""
+
+    name: str
+    stored_bytes: int
+    raw_bytes: int
+    docs: int
+    tokens: int
+    xxh3_128: str
+    raw_xxh3_128: str
+
+    @property
+    def compressed(self) -> bool:
+        return self.name.endswith(ZSTD_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed, validated manifest."""
+
+    dtype: str
+    has_loss_mask: bool
+    compression: str | None
+    tokenizer: TokenizerInfo
+    shards: tuple[ShardInfo, ...]
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    complete: bool = True
+
+    @property
+    def num_docs(self) -> int:
+        return sum(s.docs for s in self.shards)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.tokens for s in self.shards)
+
+    @property
+    def fingerprint(self) -> str:
+        """The dataset's identity: xxh3-128 over format, dtype, tokenizer and shard hashes."""
+        h = xxhash.xxh3_128()
+        h.update(f"fastdata/{VERSION}/{self.dtype}/{int(self.has_loss_mask)}/".encode())
+        h.update(self.tokenizer.fingerprint.encode())
+        for s in self.shards:
+            h.update(f"\0{s.name}\0{s.xxh3_128}\0{s.raw_xxh3_128}".encode())
+        return h.hexdigest()
+
+    def to_json(self) -> str:
+        """Serialise deterministically (sorted keys, fixed separators, trailing newline)."""
+        doc = {
+            "format": "fastdata",
+            "format_version": VERSION,
+            "complete": self.complete,
+            "dtype": self.dtype,
+            "has_loss_mask": self.has_loss_mask,
+            "compression": self.compression,
+            "tokenizer": asdict(self.tokenizer),
+            "shards": [asdict(s) for s in self.shards],
+            "totals": {
+                "shards": len(self.shards),
+                "docs": self.num_docs,
+                "tokens": self.num_tokens,
+                "stored_bytes": sum(s.stored_bytes for s in self.shards),
+                "raw_bytes": sum(s.raw_bytes for s in self.shards),
+            },
+            "fingerprint": self.fingerprint,
+            "provenance": dict(self.provenance),
+        }
+        return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=True) + "\n"
+
+
+def validate_shard_name(name: object, where: str) -> str:
+    """Return ``name`` if it is a safe file name inside the dataset directory.
+
+    Raises:
+        FastdataFormatError: the name could escape the dataset root or is not a shard name.
+    """
+    if not isinstance(name, str):
+        raise FastdataFormatError(f"{where}: shard name must be a string, got {name!r}")
+    bad = (
+        not name
+        or len(name.encode("utf-8", "surrogatepass")) > _MAX_NAME
+        or name in (".", "..", MANIFEST_NAME)
+        or name.startswith(".")
+        or any(c in name for c in "/\\\0:")
+        or any(ord(c) < 32 for c in name)
+        or not (name.endswith(RAW_SUFFIX) or name.endswith(ZSTD_SUFFIX))
+    )
+    if bad:
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise FastdataFormatError(
+            f"{where}: unsafe or invalid shard name {shown!r}: names must be plain file names "
+            f"ending in {RAW_SUFFIX} or {ZSTD_SUFFIX}, without '/', '\\', ':', NUL or a leading '.'"
+        )
+    return name
+
+
+def _require(obj: Mapping[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
+    if key not in obj:
+        raise FastdataFormatError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        raise FastdataFormatError(f"{where}: field {key!r} has invalid value {value!r}")
+    return value
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _count(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value = _require(obj, key, int, where)
+    if value < 0:
+        raise FastdataFormatError(f"{where}: field {key!r} is negative ({value})")
+    return int(value)
+
+
+def _digest(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = _require(obj, key, str, where)
+    if not _HEX128.match(value):
+        raise FastdataFormatError(f"{where}: field {key!r} is not a 32-digit hex xxh3-128")
+    return str(value)
+
+
+def _parse_tokenizer(obj: object, where: str) -> TokenizerInfo:
+    if not isinstance(obj, dict):
+        raise FastdataFormatError(f"{where}: field 'tokenizer' must be an object")
+    kind = _require(obj, "kind", str, where)
+    if kind not in TOKENIZER_KINDS:
+        raise FastdataFormatError(f"{where}: unknown tokenizer kind {kind!r}")
+    ids = {k: obj.get(k) for k in ("eos_id", "bos_id")}
+    for k, v in ids.items():
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise FastdataFormatError(f"{where}: field {k!r} has invalid value {v!r}")
+    return TokenizerInfo(
+        kind=kind,
+        name=_require(obj, "name", str, where),
+        vocab_size=_count(obj, "vocab_size", where),
+        eos_id=ids["eos_id"],
+        bos_id=ids["bos_id"],
+        fingerprint=_require(obj, "fingerprint", str, where),
+    )
+
+
+def _parse_shards(entries: object, where: str) -> tuple[ShardInfo, ...]:
+    if not isinstance(entries, list):
+        raise FastdataFormatError(f"{where}: field 'shards' must be a list")
+    seen: set[str] = set()
+    shards = []
+    for i, entry in enumerate(entries):
+        here = f"{where}: shards[{i}]"
+        if not isinstance(entry, dict):
+            raise FastdataFormatError(f"{here} must be an object")
+        name = validate_shard_name(entry.get("name"), here)
+        if name in seen:
+            raise FastdataFormatError(f"{here}: duplicate shard name {name!r}")
+        seen.add(name)
+        shards.append(
+            ShardInfo(
+                name=name,
+                stored_bytes=_count(entry, "stored_bytes", here),
+                raw_bytes=_count(entry, "raw_bytes", here),
+                docs=_count(entry, "docs", here),
+                tokens=_count(entry, "tokens", here),
+                xxh3_128=_digest(entry, "xxh3_128", here),
+                raw_xxh3_128=_digest(entry, "raw_xxh3_128", here),
+            )
+        )
+    return tuple(shards)
+
+
+def parse_manifest(text: str | bytes, source: str, *, allow_incomplete: bool = False) -> Manifest:
+    """Parse and validate manifest JSON read from ``source`` (used in messages).
+
+    Raises:
+        FastdataFormatError: the JSON is invalid, a field is missing or wrong, a shard
+            name is unsafe, or the manifest is marked incomplete.
+    """
+    try:
+        doc = json.loads(text)
+    except UnicodeDecodeError as e:
+        raise FastdataFormatError(f"{source}: manifest is not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise FastdataFormatError(
+            f"{source}: invalid manifest JSON at line {e.lineno} column {e.colno} "
+            f"(char {e.pos}): {e.msg}"
+        ) from None
+    if not isinstance(doc, dict):
+        raise FastdataFormatError(f"{source}: manifest must be a JSON object")
+    if doc.get("format") != "fastdata":
+        raise FastdataFormatError(f"{source}: field 'format' is {doc.get('format')!r}, not 'fastdata'")
+    version = _require(doc, "format_version", int, source)
+    if version > VERSION or version < 1:
+        raise FastdataFormatError(
+            f"{source}: unsupported format version {version} (this fastdata reads <= {VERSION})"
+        )
+    complete = _require(doc, "complete", bool, source)
+    if not complete and not allow_incomplete:
+        raise FastdataFormatError(
+            f"{source}: manifest is marked incomplete; the pack that wrote it did not finish "
+            "(re-run `fastdata pack` with the same arguments to complete it)"
+        )
+    dtype = _require(doc, "dtype", str, source)
+    if dtype not in DTYPE_CODES:
+        raise FastdataFormatError(f"{source}: unknown dtype {dtype!r}")
+    compression = doc.get("compression")
+    if compression not in COMPRESSIONS:
+        raise FastdataFormatError(f"{source}: unknown compression codec {compression!r}")
+    manifest = Manifest(
+        dtype=dtype,
+        has_loss_mask=_require(doc, "has_loss_mask", bool, source),
+        compression=compression,
+        tokenizer=_parse_tokenizer(doc.get("tokenizer"), source),
+        shards=_parse_shards(doc.get("shards"), source),
+        provenance=doc.get("provenance") or {},
+        complete=complete,
+    )
+    _check_consistency(manifest, doc, source)
+    return manifest
+
+
+def _check_consistency(manifest: Manifest, doc: Mapping[str, Any], source: str) -> None:
+    for s in manifest.shards:
+        if s.compressed != (manifest.compression == "zstd"):
+            raise FastdataFormatError(
+                f"{source}: shard {s.name!r} does not match compression {manifest.compression!r}"
+            )
+        if not s.compressed and (s.stored_bytes != s.raw_bytes or s.xxh3_128 != s.raw_xxh3_128):
+            raise FastdataFormatError(
+                f"{source}: uncompressed shard {s.name!r} has different stored and raw size/hash"
+            )
+    recorded = doc.get("fingerprint")
+    if recorded is not None and recorded != manifest.fingerprint:
+        raise FastdataFormatError(
+            f"{source}: field 'fingerprint' is {recorded!r} but the shards give "
+            f"{manifest.fingerprint!r} (the manifest was edited or corrupted)"
+        )
+
+
+def shard_table(shards: Sequence[ShardInfo]) -> dict[str, list[int]]:
+    """Columns of per-shard counts, handy for numpy."""
+    return {
+        "docs": [s.docs for s in shards],
+        "tokens": [s.tokens for s in shards],
+        "raw_bytes": [s.raw_bytes for s in shards],
+    }

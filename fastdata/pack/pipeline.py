@@ -1,0 +1,389 @@
+"""``fastdata pack``: corpus files to verified shards and a manifest, resumably.
+
+Workers tokenize tasks in parallel; this process receives their results in task order
+and cuts the document stream into shards of about ``shard_size`` bytes. Shard
+boundaries depend only on the document stream, so the output is byte-identical for
+any number of workers. After each shard is published a small journal
+(``.fastdata-pack.json``) records the shards so far and where the next shard starts;
+a re-run with the same arguments resumes from there, and the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from fastdata._testing import pause_point
+from fastdata.atomic import sweep_stale_temps
+from fastdata.errors import FastdataConfigError, FastdataFormatError, FastdataInputError
+from fastdata.format.compression import compress_shard
+from fastdata.format.manifest import Manifest, ShardInfo, parse_manifest
+from fastdata.format.spec import DTYPES, DTYPE_CODES, MANIFEST_NAME, dtype_for_vocab
+from fastdata.format.writer import write_shard
+from fastdata.pack.encode import EncodeOptions, TaskResult, encode_task
+from fastdata.pack.sources import BLOCK_BYTES, Task, expand_inputs, plan_tasks
+from fastdata.pack.tokenizers import HFTokenizer, load_tokenizer
+from fastdata.storage.remote import Store
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = ".fastdata-pack.json"
+TOKENIZER_NAME = "tokenizer.json"
+DEFAULT_SHARD_SIZE = 256 << 20
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    """What ``fastdata pack`` does; the CLI builds one from its arguments."""
+
+    inputs: tuple[str, ...]
+    output: str
+    encode: EncodeOptions
+    workers: int = 1
+    shard_size: int = DEFAULT_SHARD_SIZE  #: target raw token bytes per shard
+    compression: str | None = None  #: None or "zstd"
+    dtype: str = "auto"  #: "auto", "uint16" or "uint32"
+    overwrite: bool = False  #: replace a finished dataset at ``output``
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise FastdataConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.shard_size < 1:
+            raise FastdataConfigError(f"shard size must be positive, got {self.shard_size}")
+        if self.compression not in (None, "zstd"):
+            raise FastdataConfigError(f"unknown compression {self.compression!r}; use zstd")
+        if self.dtype not in ("auto", *DTYPE_CODES):
+            raise FastdataConfigError(f"unknown dtype {self.dtype!r}; use auto, uint16 or uint32")
+
+
+@dataclass
+class PackProgress:
+    """Running totals, reported after every task and returned at the end."""
+
+    docs: int = 0
+    tokens: int = 0
+    input_bytes: int = 0
+    shards: int = 0
+    stored_bytes: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    first_skipped: list[str] = field(default_factory=list)
+    resumed_shards: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+@dataclass(frozen=True)
+class PackResult:
+    manifest: Manifest
+    progress: PackProgress
+
+
+def resolve_dtype(requested: str, vocab_size: int) -> str:
+    """The payload dtype, refusing one that cannot hold every id of the vocabulary."""
+    needed = dtype_for_vocab(vocab_size)
+    if requested == "auto":
+        return needed
+    if requested == "uint16" and needed == "uint32":
+        raise FastdataConfigError(
+            f"token id {vocab_size - 1} does not fit uint16: the tokenizer's vocabulary has "
+            f"{vocab_size} ids; use --dtype uint32 or auto"
+        )
+    return requested
+
+
+@dataclass
+class _Segment:
+    """Documents of one task not yet written to a shard."""
+
+    task: int
+    first_doc: int
+    tokens: np.ndarray
+    lengths: np.ndarray
+    mask: np.ndarray | None
+
+
+def _take(segments: deque[_Segment], ndocs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Remove the first ``ndocs`` documents from ``segments`` and concatenate them."""
+    toks, lens, masks = [], [], []
+    while ndocs:
+        seg = segments[0]
+        k = min(ndocs, len(seg.lengths))
+        ntok = int(seg.lengths[:k].sum())
+        toks.append(seg.tokens[:ntok])
+        lens.append(seg.lengths[:k])
+        if seg.mask is not None:
+            masks.append(seg.mask[:ntok])
+        if k == len(seg.lengths):
+            segments.popleft()
+        else:
+            segments[0] = _Segment(seg.task, seg.first_doc + k, seg.tokens[ntok:],
+                                   seg.lengths[k:], None if seg.mask is None else seg.mask[ntok:])
+        ndocs -= k
+    return np.concatenate(toks), np.concatenate(lens), (np.concatenate(masks) if masks else None)
+
+
+class _ShardSink:
+    """Cuts the ordered document stream into shards and publishes them."""
+
+    def __init__(self, config: PackConfig, store: Store, dtype: str, chat: bool,
+                 journal: _Journal) -> None:
+        self.config, self.store, self.dtype, self.chat = config, store, dtype, chat
+        self.itemsize = DTYPES[DTYPE_CODES[dtype]].itemsize
+        self.journal = journal
+        self.pending: deque[_Segment] = deque()
+        self.pending_tokens = 0
+        self.staging = tempfile.mkdtemp(prefix="fastdata-pack-")
+
+    def close(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def add(self, task: int, first_doc: int, result: TaskResult) -> None:
+        if len(result.lengths):
+            self.pending.append(_Segment(task, first_doc, result.tokens, result.lengths,
+                                         result.mask))
+            self.pending_tokens += len(result.tokens)
+        target = -(-self.config.shard_size // self.itemsize)
+        while self.pending_tokens >= target:
+            lengths = np.concatenate([s.lengths for s in self.pending])
+            ndocs = int(np.searchsorted(np.cumsum(lengths), target)) + 1
+            self._emit(ndocs, next_task=task + 1)
+
+    def finish(self, next_task: int) -> None:
+        if self.pending:
+            self._emit(sum(len(s.lengths) for s in self.pending), next_task)
+
+    def _emit(self, ndocs: int, next_task: int) -> None:
+        tokens, lengths, mask = _take(self.pending, ndocs)
+        self.pending_tokens -= len(tokens)
+        if self.dtype == "uint16" and len(tokens) and int(tokens.max()) > 0xFFFF:
+            raise FastdataInputError(f"token id {int(tokens.max())} does not fit uint16")
+        if self.chat and mask is None:
+            mask = np.zeros(len(tokens), np.uint8)
+        info = self._write(len(self.journal.shards), tokens, lengths, mask)
+        position = (self.pending[0].task, self.pending[0].first_doc) if self.pending else (next_task, 0)
+        self.journal.record(info, position)
+
+    def _write(self, index: int, tokens: np.ndarray, lengths: np.ndarray,
+               mask: np.ndarray | None) -> ShardInfo:
+        raw_name = f"shard-{index:05d}.fds"
+        direct = self.store.local and self.config.compression is None
+        raw_path = self.store.path(raw_name) if direct else os.path.join(self.staging, raw_name)
+        raw = write_shard(raw_path, tokens, lengths, mask, self.dtype)
+        name, stored = raw_name, raw
+        if self.config.compression == "zstd":
+            name = raw_name + ".zst"
+            final = self.store.path(name) if self.store.local else os.path.join(self.staging, name)
+            stored = compress_shard(raw_path, final)
+            os.unlink(raw_path)
+            raw_path = final
+        if not (self.store.local and raw_path == self.store.path(name)):
+            pause_point("mid_upload")
+            self.store.publish(raw_path, name)
+            if os.path.exists(raw_path):
+                os.unlink(raw_path)
+        return ShardInfo(name, stored.size, raw.size, len(lengths), len(tokens),
+                         stored.xxh3_128, raw.xxh3_128)
+
+
+class _Journal:
+    """Progress of an unfinished pack, kept next to the shards."""
+
+    def __init__(self, store: Store, job: str, progress: PackProgress) -> None:
+        self.store, self.job, self.progress = store, job, progress
+        self.shards: list[ShardInfo] = []
+        self.position = (0, 0)
+
+    def load(self) -> None:
+        """Pick up an earlier run of the same job, if its shards are all still there."""
+        if self.store.size(JOURNAL_NAME) is None:
+            return
+        try:
+            doc = json.loads(self.store.read_bytes(JOURNAL_NAME))
+            shards = [ShardInfo(**s) for s in doc["shards"]]
+            position = (int(doc["next_task"]), int(doc["next_doc"]))
+            same = doc["job"] == self.job
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s is unreadable; packing from the start", self.store.describe(JOURNAL_NAME))
+            return
+        if not same:
+            raise FastdataConfigError(
+                f"{self.store.display} holds an unfinished pack with other inputs or arguments; "
+                "re-run that pack, or pass --overwrite to start this one from scratch"
+            )
+        missing = [s.name for s in shards if self.store.size(s.name) != s.stored_bytes]
+        if missing:
+            log.warning("shard %s of the unfinished pack is missing or damaged; packing from the "
+                        "start", self.store.describe(missing[0]))
+            return
+        self.shards, self.position = shards, position
+        self.progress.skipped.update(doc.get("skipped", {}))
+        self.progress.resumed_shards = len(shards)
+        self._count(shards)
+
+    def _count(self, shards: Sequence[ShardInfo]) -> None:
+        self.progress.shards += len(shards)
+        self.progress.stored_bytes += sum(s.stored_bytes for s in shards)
+
+    def record(self, info: ShardInfo, position: tuple[int, int]) -> None:
+        self.shards.append(info)
+        self.position = position
+        self._count([info])
+        doc = {"job": self.job, "shards": [asdict(s) for s in self.shards],
+               "next_task": position[0], "next_doc": position[1],
+               "skipped": dict(self.progress.skipped)}
+        self.store.write_bytes(JOURNAL_NAME, json.dumps(doc).encode())
+
+
+def _ordered_results(tasks: Sequence[Task], options: EncodeOptions,
+                     workers: int) -> Iterator[TaskResult]:
+    """Encode ``tasks`` on ``workers`` processes; yield results in task order."""
+    if workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield encode_task(task, options)
+        return
+    # spawn, not fork: the parent may hold fsspec/adlfs event-loop threads.
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    window: deque[Future[TaskResult]] = deque()
+    try:
+        queued = iter(tasks)
+        for task in queued:
+            window.append(pool.submit(encode_task, task, options))
+            if len(window) >= 2 * workers:
+                break
+        while window:
+            result = window.popleft().result()
+            nxt = next(queued, None)
+            if nxt is not None:
+                window.append(pool.submit(encode_task, nxt, options))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _job_fingerprint(config: PackConfig, files: Sequence[str], tokenizer_fp: str,
+                     dtype: str) -> tuple[str, dict[str, Any]]:
+    """Identity of the job, and the provenance recorded in the manifest."""
+    inputs = [{"path": f, "bytes": os.path.getsize(f)} for f in files]
+    args = {
+        "tokenizer": config.encode.tokenizer.spec, "read": asdict(config.encode.read),
+        "add_eos": config.encode.add_eos, "add_bos": config.encode.add_bos,
+        "on_error": "skip" if config.encode.skip_bad else "raise",
+        "shard_size": config.shard_size, "compression": config.compression, "dtype": dtype,
+    }
+    job = {"inputs": inputs, "args": args, "tokenizer": tokenizer_fp, "block": BLOCK_BYTES}
+    digest = xxhash.xxh3_128_hexdigest(json.dumps(job, sort_keys=True).encode())
+    return digest, {"inputs": inputs, "pack_args": args}
+
+
+def _check_output(store: Store, overwrite: bool) -> None:
+    if store.size(MANIFEST_NAME) is None:
+        return
+    if not overwrite:
+        raise FastdataConfigError(
+            f"{store.describe(MANIFEST_NAME)} already exists; pass --overwrite to replace the dataset"
+        )
+    try:
+        old = parse_manifest(store.read_bytes(MANIFEST_NAME), store.describe(MANIFEST_NAME),
+                             allow_incomplete=True)
+        old_names = [s.name for s in old.shards]
+    except FastdataFormatError:
+        old_names = []
+    store.remove(MANIFEST_NAME)  # first, so that no reader sees a manifest with missing shards
+    for name in old_names:
+        store.remove(name)
+
+
+def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = None) -> PackResult:
+    """Pack ``config.inputs`` into a dataset at ``config.output``.
+
+    Returns:
+        The manifest written and the final totals.
+
+    Raises:
+        FastdataConfigError: bad arguments, or the output holds another job.
+        FastdataInputError: a bad record under ``on_error=raise``.
+        FastdataIOError: the output cannot be written.
+    """
+    tok = load_tokenizer(config.encode.tokenizer)
+    dtype = resolve_dtype(config.dtype, tok.info.vocab_size)
+    files = expand_inputs(config.inputs)
+    tasks = plan_tasks(files, config.encode.read)
+    store = Store(config.output, config.storage_options)
+    store.make_root()
+    if store.local:
+        sweep_stale_temps(store.path(""))
+    _check_output(store, config.overwrite)
+    job, provenance = _job_fingerprint(config, files, tok.info.fingerprint, dtype)
+    totals = PackProgress()
+    journal = _Journal(store, job, totals)
+    if config.overwrite:
+        store.remove(JOURNAL_NAME)
+    else:
+        journal.load()
+    start_task, skip_docs = journal.position
+    sink = _ShardSink(config, store, dtype, config.encode.read.chat, journal)
+    try:
+        results = _ordered_results(tasks[start_task:], config.encode, config.workers)
+        for i, result in enumerate(results, start=start_task):
+            first = skip_docs if i == start_task else 0
+            if first:
+                result = _drop_docs(result, first)
+            sink.add(i, first, result)
+            _tally(totals, result)
+            if progress:
+                progress(totals)
+        sink.finish(len(tasks))
+    finally:
+        sink.close()
+    return PackResult(_finish(store, journal, tok, dtype, config, provenance), totals)
+
+
+def _drop_docs(result: TaskResult, n: int) -> TaskResult:
+    ntok = int(result.lengths[:n].sum())
+    return TaskResult(result.tokens[ntok:], result.lengths[n:],
+                      None if result.mask is None else result.mask[ntok:], result.input_bytes,
+                      result.skipped, result.first_skipped)
+
+
+def _tally(totals: PackProgress, result: TaskResult) -> None:
+    totals.docs += len(result.lengths)
+    totals.tokens += len(result.tokens)
+    totals.input_bytes += result.input_bytes
+    totals.skipped.update(result.skipped)
+    room = 5 - len(totals.first_skipped)
+    totals.first_skipped += result.first_skipped[: max(room, 0)]
+
+
+def _finish(store: Store, journal: _Journal, tok: Any, dtype: str, config: PackConfig,
+            provenance: dict[str, Any]) -> Manifest:
+    pause_point("after_shards_before_manifest")
+    if isinstance(tok, HFTokenizer):
+        store.write_bytes(TOKENIZER_NAME, tok.source_bytes)
+    from fastdata import __version__
+
+    manifest = Manifest(
+        dtype=dtype, has_loss_mask=config.encode.read.chat, compression=config.compression,
+        tokenizer=tok.info, shards=tuple(journal.shards),
+        provenance={"fastdata_version": __version__, **provenance},
+    )
+    store.write_bytes(MANIFEST_NAME, manifest.to_json().encode())
+    store.remove(JOURNAL_NAME)
+    return manifest

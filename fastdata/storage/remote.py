@@ -1,0 +1,158 @@
+"""Where datasets live: a local directory or any fsspec URL.
+
+This is the only module that imports fsspec. A :class:`Store` is a dataset root (a
+directory or an object-store prefix) with the handful of operations fastdata needs:
+read a small object, publish a file under a name (atomically), fetch a file to local
+disk. Names are single path components checked by the manifest layer; URLs shown in
+messages have their query strings (SAS tokens) removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from fastdata.atomic import atomic_output, write_bytes_atomic
+from fastdata.errors import FastdataConfigError, FastdataIOError
+
+_LOCAL_SCHEMES = ("", "file", "local")
+
+
+def redact(url: str) -> str:
+    """``url`` without query string, fragment or user info, safe to show."""
+    parts = urlsplit(url)
+    if not parts.scheme or len(parts.scheme) == 1:  # a plain or Windows-drive path
+        return url.split("?", 1)[0]
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def is_local(url: str) -> bool:
+    scheme = urlsplit(url).scheme
+    return scheme in _LOCAL_SCHEMES or len(scheme) == 1
+
+
+class Store:
+    """A dataset root on local disk or behind fsspec."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = url.rstrip("/") or url
+        self.display = redact(self.url)
+        self.local = is_local(url)
+        if self.local:
+            self._root = url[len("file://"):] if url.startswith("file://") else url
+            self._fs = None
+        else:
+            import fsspec  # the one place fastdata touches fsspec
+
+            try:
+                self._fs, self._root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+            except (ImportError, ValueError) as e:
+                raise FastdataConfigError(f"cannot open {self.display}: {e}") from None
+            self._root = self._root.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Store({self.display!r})"
+
+    def path(self, name: str) -> str:
+        """Local path (for local stores) or fsspec path of ``name`` under the root."""
+        return os.path.join(self._root, name) if self.local else f"{self._root}/{name}"
+
+    def describe(self, name: str) -> str:
+        """``name`` under the root, as shown in messages (no secrets)."""
+        return f"{self.display}/{name}"
+
+    def _fail(self, action: str, name: str, err: BaseException) -> FastdataIOError:
+        detail = redact(str(err)) if str(err) else type(err).__name__
+        return FastdataIOError(f"{action} {self.describe(name)} failed: {detail}")
+
+    def make_root(self) -> None:
+        try:
+            if self.local:
+                os.makedirs(self._root, exist_ok=True)
+            else:
+                self._fs.makedirs(self._root, exist_ok=True)
+        except OSError as e:
+            raise self._fail("creating", "", e) from None
+
+    def size(self, name: str) -> int | None:
+        """Size of ``name`` in bytes, or None when it does not exist."""
+        try:
+            if self.local:
+                return os.stat(self.path(name)).st_size
+            return int(self._fs.info(self.path(name))["size"])
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise self._fail("looking up", name, e) from None
+
+    def read_bytes(self, name: str) -> bytes:
+        try:
+            if self.local:
+                with open(self.path(name), "rb") as f:
+                    return f.read()
+            return bytes(self._fs.cat_file(self.path(name)))
+        except FileNotFoundError:
+            raise FastdataIOError(f"{self.describe(name)} does not exist") from None
+        except OSError as e:
+            raise self._fail("reading", name, e) from None
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Replace ``name`` with ``data`` atomically (temp + rename locally; one PUT remotely)."""
+        try:
+            if self.local:
+                write_bytes_atomic(self.path(name), data)
+            else:
+                self._fs.pipe_file(self.path(name), data)
+        except OSError as e:
+            raise self._fail("writing", name, e) from None
+
+    def publish(self, local_file: str, name: str) -> None:
+        """Put the finished local file ``local_file`` under ``name``.
+
+        Locally this is a rename when ``local_file`` is already in the root; otherwise a
+        copy through a temp file. Remotely it is one upload: object stores make an object
+        visible only when its upload completes.
+        """
+        dest = self.path(name)
+        try:
+            if self.local:
+                if os.path.dirname(os.path.abspath(local_file)) == os.path.abspath(self._root):
+                    os.replace(local_file, dest)
+                else:
+                    with open(local_file, "rb") as src, atomic_output(dest) as out:
+                        shutil.copyfileobj(src, out, 8 << 20)
+            else:
+                self._fs.put_file(local_file, dest)
+        except OSError as e:
+            raise self._fail("publishing", name, e) from None
+
+    def fetch(self, name: str, local_path: str) -> None:
+        """Copy ``name`` to ``local_path`` atomically."""
+        try:
+            if self.local:
+                with open(self.path(name), "rb") as src, atomic_output(local_path) as out:
+                    shutil.copyfileobj(src, out, 8 << 20)
+            else:
+                with self._fs.open(self.path(name), "rb", block_size=16 << 20) as src, \
+                        atomic_output(local_path) as out:
+                    shutil.copyfileobj(src, out, 8 << 20)
+        except FileNotFoundError:
+            raise FastdataIOError(f"{self.describe(name)} does not exist") from None
+        except OSError as e:
+            raise self._fail("fetching", name, e) from None
+
+    def remove(self, name: str) -> None:
+        try:
+            if self.local:
+                os.unlink(self.path(name))
+            else:
+                self._fs.rm_file(self.path(name))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise self._fail("removing", name, e) from None
