@@ -41,7 +41,7 @@ MEGATRON_SCRIPT = HERE / "peers" / "megatron_pack.py"
 
 
 def run_timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, str, str, int]:
-    """Run ``cmd``; return (wall seconds, CPU seconds of it and its children, stdout, stderr, rc)."""
+    """Run ``cmd``: (wall s, CPU s of it and its children, stdout, stderr, return code)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)

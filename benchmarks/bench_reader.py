@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         from fastdata import _native  # noqa: PLC0415
 
         views = [_native.ShardView(s["path"]) for s in shards]
-        for v, s in zip(views, shards):
+        for v, s in zip(views, shards, strict=True):
             assert int(v.num_tokens) == s["num_tokens"], "ShardView.num_tokens disagrees"
         gather = make_read_gather(_native.gather)
         methods = [("native gather", gather, views),

@@ -86,7 +86,7 @@ def make_document(rng: np.random.Generator, words: list[str], probs: np.ndarray,
     for j in np.flatnonzero(r < 0.012):
         toks[j] = str(int(rng.integers(0, 10_000)))
     odd = np.flatnonzero((r >= 0.012) & (r < 0.015))
-    for j, k in zip(odd, rng.integers(len(ODD_WORDS), size=len(odd))):
+    for j, k in zip(odd, rng.integers(len(ODD_WORDS), size=len(odd)), strict=True):
         toks[j] = ODD_WORDS[k]
     commas = set(np.flatnonzero((r >= 0.015) & (r < 0.05)).tolist())
     # Sentence lengths 4..28 words; paragraphs of 2..7 sentences.
@@ -98,7 +98,7 @@ def make_document(rng: np.random.Generator, words: list[str], probs: np.ndarray,
         length = int(rng.integers(4, 29))
         stop = min(i + length, n_words)
         chunk = [t + "," if (j in commas and j + 1 < stop) else t
-                 for j, t in zip(range(i, stop), toks[i:stop])]
+                 for j, t in zip(range(i, stop), toks[i:stop], strict=True)]
         i = stop
         chunk[0] = chunk[0][:1].upper() + chunk[0][1:]
         e = rng.random()
@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = None
     if not args.force and args.out.exists() and meta_path.exists():
         old = json.loads(meta_path.read_text())
-        if all(old.get(k) == v for k, v in want.items()) and old.get("bytes") == args.out.stat().st_size:
+        same_size = old.get("bytes") == args.out.stat().st_size
+        if same_size and all(old.get(k) == v for k, v in want.items()):
             meta = old
             print(f"corpus up to date: {args.out}", file=sys.stderr)
     if meta is None:
@@ -204,12 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         tmeta = None
         if not args.force and args.tokenizer_out.exists() and tmeta_path.exists():
             old = json.loads(tmeta_path.read_text())
-            if old.get("corpus_sha256") == meta["sha256"] and old.get("requested_vocab") == args.vocab_size:
+            if (old.get("corpus_sha256") == meta["sha256"]
+                    and old.get("requested_vocab") == args.vocab_size):
                 tmeta = old
                 print(f"tokenizer up to date: {args.tokenizer_out}", file=sys.stderr)
         if tmeta is None:
             t0 = time.perf_counter()
-            tmeta = train_tokenizer(args.out, args.tokenizer_out, args.vocab_size, args.tokenizer_docs)
+            tmeta = train_tokenizer(args.out, args.tokenizer_out, args.vocab_size,
+                                    args.tokenizer_docs)
             tmeta["corpus_sha256"] = meta["sha256"]
             tmeta["requested_vocab"] = args.vocab_size
             tmeta_path.write_text(json.dumps(tmeta, indent=2) + "\n")

@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 T_START = time.perf_counter()
 warnings.filterwarnings("ignore")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     encoder = Encoder(args.tokenizer, args.json_key, args.eos_id, args.bos_id)
     dtype = DType.optimal_dtype(vocab_size_of(args.tokenizer))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
+    Path(args.output_prefix).resolve().parent.mkdir(parents=True, exist_ok=True)
     bin_path = args.output_prefix + ".bin"
     idx_path = args.output_prefix + ".idx"
     builder = IndexedDatasetBuilder(bin_path, dtype=dtype)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": np.dtype(dtype).name,
         "import_s": T_IMPORTED - T_START,
         "pack_s": t1 - t0,
-        "bin_bytes": os.path.getsize(bin_path),
+        "bin_bytes": Path(bin_path).stat().st_size,
     }
     if args.check:
         ds = IndexedDataset(args.output_prefix)
