@@ -265,11 +265,11 @@ def _read_parquet(task: Task, options: ReadOptions) -> Iterator[Record]:
 
 
 def _read_tar(task: Task, options: ReadOptions) -> Iterator[Record]:
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
+    from webdataset.tariterators import group_by_keys, tar_file_expander
 
     members = (options.wds_member,) if options.wds_member else ("txt", "text", "json")
     with open(task.path, "rb") as f:
-        for sample in group_by_keys(tar_file_iterator(f)):
+        for sample in group_by_keys(tar_file_expander([{"url": task.path, "stream": f}])):
             where = f"{task.path}:{sample['__key__']}"
             ext = next((m for m in members if m in sample), None)
             if ext is None:

@@ -138,7 +138,7 @@ class TiktokenTokenizer(Tokenizer):
         eot = self._enc.eot_token
         self.info = TokenizerInfo(
             kind="tiktoken", name=name, vocab_size=self._enc.n_vocab, eos_id=eot, bos_id=None,
-            fingerprint=xxhash.xxh3_128_hexdigest(f"tiktoken:{name}:{self._enc.n_vocab}:{eot}"),
+            fingerprint=xxhash.xxh3_128_hexdigest(f"tiktoken:{name}:{self._enc.n_vocab}:{eot}".encode()),
         )
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
@@ -163,7 +163,7 @@ class PretokenizedIds(Tokenizer):
             kind="pretokenized", name="none", vocab_size=spec.vocab_size, eos_id=spec.eos_id,
             bos_id=spec.bos_id,
             fingerprint=xxhash.xxh3_128_hexdigest(
-                f"ids:{spec.vocab_size}:{spec.eos_id}:{spec.bos_id}"),
+                f"ids:{spec.vocab_size}:{spec.eos_id}:{spec.bos_id}".encode()),
         )
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
