@@ -55,14 +55,16 @@ def loadavg() -> float:
     return os.getloadavg()[0]
 
 
-def fastdata_startup(fastdata: list[str], repeat: int = 3) -> float:
-    times = []
+def startup_cost(cmd: list[str], repeat: int, env: dict | None = None) -> tuple[float, float]:
+    """Median (wall s, CPU s) of a command that only starts the tool and exits."""
+    walls, cpus = [], []
     for _ in range(repeat):
-        wall, _, _, err, rc = run_timed([*fastdata, "pack", "--help"])
+        wall, cpu, _, err, rc = run_timed(cmd, env=env)
         if rc != 0:
-            raise RuntimeError(f"`{' '.join(fastdata)} pack --help` failed:\n{err}")
-        times.append(wall)
-    return statistics.median(times)
+            raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{err}")
+        walls.append(wall)
+        cpus.append(cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def run_fastdata(fastdata: list[str], corpus: Path, out: Path, tokenizer: str,
@@ -81,6 +83,7 @@ def run_fastdata(fastdata: list[str], corpus: Path, out: Path, tokenizer: str,
         "docs": int(totals["docs"]), "tokens": int(totals["tokens"]),
         "shards": int(totals["shards"]), "out_bytes": int(totals["stored_bytes"]),
         "dtype": manifest["dtype"], "eos_id": manifest["tokenizer"].get("eos_id"),
+        "fingerprint": manifest.get("fingerprint"),
         "bos_id": manifest["tokenizer"].get("bos_id"), "load_before": load,
         "cmd": cmd, "stdout_tail": stdout[-2000:], "stderr_tail": stderr[-2000:],
     }
@@ -103,15 +106,17 @@ def run_megatron(peers_py: Path, corpus: Path, prefix: Path, tokenizer: str, wor
     return res
 
 
-def rates(r: dict, net_s: float) -> dict:
+def rates(r: dict, net_s: float, startup_cpu_s: float) -> dict:
     w = r["workers"]
+    net_cpu = r["cpu_s"] - startup_cpu_s
     return {
+        "net_cpu_s": net_cpu,
         "net_s": net_s,
         "docs_per_s": r["docs"] / net_s,
         "tokens_per_s": r["tokens"] / net_s,
         "tokens_per_s_wall": r["tokens"] / r["wall_s"],
         "tokens_per_s_per_worker": r["tokens"] / net_s / w,
-        "tokens_per_cpu_s": r["tokens"] / r["cpu_s"] if r["cpu_s"] > 0 else float("nan"),
+        "tokens_per_cpu_s": r["tokens"] / net_cpu if net_cpu > 0 else float("nan"),
     }
 
 
@@ -129,8 +134,13 @@ def markdown(results: dict) -> str:
     c = results["corpus"]
     lines.append(f"Corpus: {c['docs']:,} documents, {c['bytes'] / 1e6:.1f} MB JSONL "
                  f"(`{Path(c['path']).name}`). fastdata start-up (`fastdata pack --help`): "
-                 f"{results['fastdata_startup_s']:.2f} s. Repeats per config: "
-                 f"{results['repeat']} (best kept).")
+                 f"{results['fastdata_startup_s']:.2f} s wall, "
+                 f"{results['fastdata_startup_cpu_s']:.2f} CPU-s.")
+    if results.get("megatron_startup_s") is not None:
+        lines[-1] += (f" Megatron start-up (python + import megatron.core): "
+                      f"{results['megatron_startup_s']:.2f} s wall, "
+                      f"{results['megatron_startup_cpu_s']:.2f} CPU-s.")
+    lines[-1] += f" Repeats per config: {results['repeat']} (best kept)."
     lines.append("")
     lines.append("| tokenizer | workers | system | wall s | net s | docs/s | tokens/s | "
                  "tokens/s/worker | tokens/CPU-s | tokens | check |")
@@ -146,6 +156,10 @@ def markdown(results: dict) -> str:
                 f"{fmt_rate(r['tokens_per_s'])} | {fmt_rate(r['tokens_per_s_per_worker'])} | "
                 f"{fmt_rate(r['tokens_per_cpu_s'])} | {r['tokens']:,} | "
                 f"{cfg.get('check', '') if key == 'fastdata' else ''} |")
+    lines.append("")
+    for label, same in results.get("deterministic", {}).items():
+        lines.append(f"fastdata output for {label} identical across worker counts "
+                     f"(manifest fingerprint): {'yes' if same else 'NO'}.")
     lines.append("")
     have = [cfg for cfg in results["configs"] if "ratio_net" in cfg]
     if have:
@@ -202,8 +216,15 @@ def main(argv: list[str] | None = None) -> int:
               "Skipping Megatron.", file=sys.stderr)
         use_megatron = False
 
-    startup = fastdata_startup(fastdata)
-    results = {"corpus": corpus_meta, "fastdata_startup_s": startup, "repeat": args.repeat,
+    startup, startup_cpu = startup_cost([*fastdata, "pack", "--help"], 3)
+    mg_startup = mg_startup_cpu = None
+    if use_megatron:
+        mg_startup, mg_startup_cpu = startup_cost(
+            [str(args.peers_python), str(MEGATRON_SCRIPT), "--import-only"], 1,
+            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    results = {"corpus": corpus_meta, "fastdata_startup_s": startup,
+               "fastdata_startup_cpu_s": startup_cpu, "megatron_startup_s": mg_startup,
+               "megatron_startup_cpu_s": mg_startup_cpu, "repeat": args.repeat,
                "configs": [], "nproc": os.cpu_count()}
     tok_specs = []
     for name in args.tokenizers.split(","):
@@ -225,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             best_fd = best_mg = None
             for rep in range(args.repeat):
                 fd = run_fastdata(fastdata, args.corpus, fd_out, spec, workers, args.fastdata_arg)
-                fd.update(rates(fd, max(fd["wall_s"] - startup, 1e-9)))
+                fd.update(rates(fd, max(fd["wall_s"] - startup, 1e-9), startup_cpu))
                 if best_fd is None or fd["net_s"] < best_fd["net_s"]:
                     best_fd = fd
                 print(f"[{label} w={workers} rep {rep}] fastdata: {fd['wall_s']:.2f} s wall, "
@@ -234,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 if use_megatron:
                     eos = fd["eos_id"]
                     mg = run_megatron(args.peers_python, args.corpus, mg_prefix, spec, workers, eos)
-                    mg.update(rates(mg, mg["pack_s"]))
+                    mg.update(rates(mg, mg["pack_s"], mg_startup_cpu))
                     if best_mg is None or mg["net_s"] < best_mg["net_s"]:
                         best_mg = mg
                     print(f"[{label} w={workers} rep {rep}] megatron: {mg['wall_s']:.2f} s wall, "
@@ -258,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                 cfg["ratio_wall"] = best_mg["wall_s"] / best_fd["wall_s"]
                 cfg["ratio_cpu"] = best_fd["tokens_per_cpu_s"] / best_mg["tokens_per_cpu_s"]
             results["configs"].append(cfg)
+        prints = {c["workers"]: c["fastdata"]["fingerprint"] for c in results["configs"]
+                  if c["tokenizer_label"] == label}
+        results.setdefault("deterministic", {})[label] = len(set(prints.values())) == 1
 
     md = markdown(results)
     print(md)

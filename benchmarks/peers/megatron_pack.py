@@ -89,18 +89,25 @@ def vocab_size_of(tokenizer: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Megatron-Core JSONL -> .bin/.idx packer")
-    ap.add_argument("input")
-    ap.add_argument("--output-prefix", required=True)
-    ap.add_argument("--tokenizer", required=True, help="'bytes' or a tokenizer.json path")
+    ap.add_argument("input", nargs="?")
+    ap.add_argument("--output-prefix")
+    ap.add_argument("--tokenizer", help="'bytes' or a tokenizer.json path")
     ap.add_argument("--json-key", default="text")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--eos-id", type=int, required=True)
+    ap.add_argument("--eos-id", type=int)
     ap.add_argument("--bos-id", type=int, default=None,
                     help="prepend this id to every document (off by default)")
     ap.add_argument("--chunk-size", type=int, default=32, help="Pool.imap chunk size")
     ap.add_argument("--check", action="store_true",
                     help="reopen the result with IndexedDataset and count its tokens")
+    ap.add_argument("--import-only", action="store_true",
+                    help="exit after the imports (measures start-up)")
     args = ap.parse_args(argv)
+    if args.import_only:
+        print(json.dumps({"import_s": T_IMPORTED - T_START}))
+        return 0
+    if not (args.input and args.output_prefix and args.tokenizer and args.eos_id is not None):
+        ap.error("input, --output-prefix, --tokenizer and --eos-id are required")
 
     t0 = time.perf_counter()
     encoder = Encoder(args.tokenizer, args.json_key, args.eos_id, args.bos_id)
