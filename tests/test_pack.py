@@ -237,3 +237,23 @@ def test_global_token_ranges_cross_shards(tmp_path, docs):
         with pytest.raises(IndexError):
             ds.doc(ds.num_docs)
         assert ds.doc(-1).tolist() == ds.doc(ds.num_docs - 1).tolist()
+
+
+def test_jsonl_escapes_blank_lines_crlf_and_extra_fields(tmp_path):
+    """The Arrow fast path and the line-by-line reader agree on awkward but valid JSONL."""
+    docs = ["tab\tquote\" back\\slash", "line\u2028sep é 🚀", "", "x" * 10000, "\u0000nul"]
+    lines = [json.dumps({"meta": {"n": i}, "text": d}, ensure_ascii=(i % 2 == 0))
+             for i, d in enumerate(docs)]
+    body = ("\r\n".join(lines[:2]) + "\r\n\r\n" + "\n".join(lines[2:])).encode()
+    (tmp_path / "a.jsonl").write_bytes(body)  # CRLF, a blank line, no final newline
+    from fastdata.pack.sources import _arrow_texts, plan_tasks
+
+    (task,) = plan_tasks([str(tmp_path / "a.jsonl")], ReadOptions())
+    assert _arrow_texts(task, ReadOptions()) == docs  # the fast path takes this file
+    run_pack([str(tmp_path / "a.jsonl")], tmp_path / "fast")
+    assert read_all(tmp_path / "fast") == [expected_ids("bytes", d) for d in docs]
+    # one non-string value sends the block down the line-by-line path: same result + skip
+    (tmp_path / "b.jsonl").write_bytes(body + b'\n{"text": 5}\n')
+    result = run_pack([str(tmp_path / "b.jsonl")], tmp_path / "slow", skip_bad=True)
+    assert read_all(tmp_path / "slow") == read_all(tmp_path / "fast")
+    assert result.progress.skipped == {"field 'text' is not a string": 1}

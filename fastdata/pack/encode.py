@@ -35,7 +35,7 @@ class EncodeOptions:
 class TaskResult:
     """The documents of one task, concatenated."""
 
-    tokens: np.ndarray  # uint32
+    tokens: np.ndarray  # uint16 when the vocabulary fits, else uint32
     lengths: np.ndarray  # int64, one entry per document
     mask: np.ndarray | None  # uint8 per token, chat mode only
     input_bytes: int
@@ -68,15 +68,21 @@ def encode_chat(tok: Tokenizer, messages: list[dict], eos: int) -> tuple[np.ndar
 
 
 class _Builder:
-    """Accumulates documents of one task and applies the error policy."""
+    """Accumulates the documents of one task and applies the error policy.
+
+    Bodies are kept as they come; BOS and EOS are inserted once, vectorised, in
+    :meth:`result` (a per-document concatenate costs more than tokenizing bytes).
+    """
 
     def __init__(self, options: EncodeOptions, tok: Tokenizer, task: Task) -> None:
         self.options, self.tok, self.task = options, tok, task
         info = tok.info
-        self.eos = [info.eos_id] if options.add_eos and info.eos_id is not None else []
-        self.bos = [info.bos_id] if options.add_bos and info.bos_id is not None else []
-        self.docs: list[np.ndarray] = []
-        self.masks: list[np.ndarray] | None = [] if options.read.chat else None
+        chat = options.read.chat
+        # chat turns end with their own EOS; plain documents get one appended
+        self.eos = info.eos_id if options.add_eos and not chat else None
+        self.bos = info.bos_id if options.add_bos else None
+        self.bodies: list[np.ndarray] = []
+        self.masks: list[np.ndarray] | None = [] if chat else None
         self.skipped: Counter[str] = Counter()
         self.first_skipped: list[str] = []
 
@@ -89,13 +95,6 @@ class _Builder:
         if len(self.first_skipped) < 5:
             self.first_skipped.append(f"{location}: {reason}")
 
-    def add(self, body: np.ndarray, mask: np.ndarray | None = None) -> None:
-        pieces = [np.asarray(self.bos, np.uint32), body.astype(np.uint32, copy=False),
-                  np.asarray(self.eos, np.uint32)]
-        self.docs.append(np.concatenate(pieces) if self.bos or self.eos else pieces[1])
-        if self.masks is not None and mask is not None:
-            self.masks.append(np.concatenate([np.zeros(len(self.bos), np.uint8), mask]))
-
     def add_ids(self, record: Record) -> None:
         ids = np.asarray(record.value, dtype=np.int64)
         vocab = self.tok.info.vocab_size
@@ -105,23 +104,34 @@ class _Builder:
                          f"token id {int(bad[0])} is outside the vocabulary of size {vocab}",
                          "token id outside the vocabulary")
             return
-        self.add(ids)
+        self.bodies.append(ids.astype(np.uint32))
 
     def add_chat(self, record: Record) -> None:
         eos = self.tok.info.eos_id
         if eos is None:
             raise FastdataConfigError("chat packing needs a tokenizer with an EOS token (--eos-token)")
         ids, mask = encode_chat(self.tok, record.value, eos)
-        self.docs.append(np.concatenate([np.asarray(self.bos, np.uint32), ids]))
+        self.bodies.append(ids)
         if self.masks is not None:
-            self.masks.append(np.concatenate([np.zeros(len(self.bos), np.uint8), mask]))
+            self.masks.append(mask)
 
     def result(self) -> TaskResult:
-        lengths = np.array([len(d) for d in self.docs], dtype=np.int64)
-        tokens = np.concatenate(self.docs) if self.docs else np.zeros(0, np.uint32)
+        lengths = np.fromiter((len(b) for b in self.bodies), np.int64, len(self.bodies))
+        tokens = (np.concatenate(self.bodies).astype(np.uint32, copy=False) if self.bodies
+                  else np.zeros(0, np.uint32))
         mask = None
         if self.masks is not None:
             mask = np.concatenate(self.masks) if self.masks else np.zeros(0, np.uint8)
+        if self.bos is not None:
+            starts = np.cumsum(lengths) - lengths
+            tokens = np.insert(tokens, starts, self.bos)
+            mask = None if mask is None else np.insert(mask, starts, 0)
+            lengths += 1
+        if self.eos is not None:
+            tokens = np.insert(tokens, np.cumsum(lengths), self.eos)
+            lengths += 1
+        if self.tok.info.vocab_size <= 1 << 16:
+            tokens = tokens.astype(np.uint16)  # half the bytes to ship to the writer
         return TaskResult(tokens, lengths, mask, self.task.size, self.skipped, self.first_skipped)
 
 
@@ -138,8 +148,7 @@ def encode_task(task: Task, options: EncodeOptions) -> TaskResult:
     def flush() -> None:
         if not batch:
             return
-        for ids in tok.encode_batch([r.value for r in batch]):
-            b.add(ids)
+        b.bodies.extend(tok.encode_batch([r.value for r in batch]))
         batch.clear()
 
     for record in read_task(task, options.read):

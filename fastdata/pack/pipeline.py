@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -258,8 +259,10 @@ def _ordered_results(tasks: Sequence[Task], options: EncodeOptions,
         for task in tasks:
             yield encode_task(task, options)
         return
-    # spawn, not fork: the parent may hold fsspec/adlfs event-loop threads.
-    ctx = multiprocessing.get_context("spawn")
+    # fork starts workers at once, but is unsafe once threads exist (fsspec/adlfs keep an
+    # event-loop thread for remote outputs): then pay for spawn.
+    safe_to_fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if safe_to_fork else "spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     window: deque[Future[TaskResult]] = deque()
     try:
