@@ -29,7 +29,12 @@ import xxhash
 
 from fastdata._testing import pause_point
 from fastdata.atomic import sweep_stale_temps
-from fastdata.errors import FastdataConfigError, FastdataFormatError, FastdataInputError
+from fastdata.errors import (
+    FastdataConfigError,
+    FastdataFormatError,
+    FastdataInputError,
+    FastdataIOError,
+)
 from fastdata.format.compression import compress_shard
 from fastdata.format.manifest import Manifest, ShardInfo, parse_manifest
 from fastdata.format.spec import DTYPES, DTYPE_CODES, MANIFEST_NAME, dtype_for_vocab
@@ -186,7 +191,10 @@ class _ShardSink:
         raw_name = f"shard-{index:05d}.fds"
         direct = self.store.local and self.config.compression is None
         raw_path = self.store.path(raw_name) if direct else os.path.join(self.staging, raw_name)
-        raw = write_shard(raw_path, tokens, lengths, mask, self.dtype)
+        try:
+            raw = write_shard(raw_path, tokens, lengths, mask, self.dtype)
+        except OSError as e:
+            raise FastdataIOError(f"writing {raw_path} failed: {e.strerror or e}") from None
         name, stored = raw_name, raw
         if self.config.compression == "zstd":
             name = raw_name + ".zst"

@@ -9,14 +9,15 @@ messages have their query strings (SAS tokens) removed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from fastdata.atomic import atomic_output, write_bytes_atomic
-from fastdata.errors import FastdataConfigError, FastdataIOError
+from fastdata.errors import FastdataConfigError, FastdataError, FastdataIOError
 
 _LOCAL_SCHEMES = ("", "file", "local")
 
@@ -66,50 +67,56 @@ class Store:
         """``name`` under the root, as shown in messages (no secrets)."""
         return f"{self.display}/{name}"
 
-    def _fail(self, action: str, name: str, err: BaseException) -> FastdataIOError:
-        detail = redact(str(err)) if str(err) else type(err).__name__
-        return FastdataIOError(f"{action} {self.describe(name)} failed: {detail}")
+    @contextlib.contextmanager
+    def _guard(self, action: str, name: str) -> Iterator[None]:
+        """Turn any storage failure into a FastdataIOError naming the object, no secrets.
+
+        Remote backends raise their own types (adlfs raises ``azure.core`` errors, not
+        OSError), so everything but fastdata's own errors is wrapped here.
+        """
+        try:
+            yield
+        except FileNotFoundError:
+            raise FastdataIOError(f"{self.describe(name)} does not exist") from None
+        except FastdataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise FastdataIOError(
+                f"{action} {self.describe(name)} failed: {type(e).__name__}: {redact(first_line)}"
+            ) from None
 
     def make_root(self) -> None:
-        try:
+        with self._guard("creating", ""):
             if self.local:
                 os.makedirs(self._root, exist_ok=True)
             else:
                 self._fs.makedirs(self._root, exist_ok=True)
-        except OSError as e:
-            raise self._fail("creating", "", e) from None
 
     def size(self, name: str) -> int | None:
         """Size of ``name`` in bytes, or None when it does not exist."""
-        try:
-            if self.local:
-                return os.stat(self.path(name)).st_size
-            return int(self._fs.info(self.path(name))["size"])
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise self._fail("looking up", name, e) from None
+        with self._guard("looking up", name):
+            try:
+                if self.local:
+                    return os.stat(self.path(name)).st_size
+                return int(self._fs.info(self.path(name))["size"])
+            except FileNotFoundError:
+                return None
 
     def read_bytes(self, name: str) -> bytes:
-        try:
+        with self._guard("reading", name):
             if self.local:
                 with open(self.path(name), "rb") as f:
                     return f.read()
             return bytes(self._fs.cat_file(self.path(name)))
-        except FileNotFoundError:
-            raise FastdataIOError(f"{self.describe(name)} does not exist") from None
-        except OSError as e:
-            raise self._fail("reading", name, e) from None
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Replace ``name`` with ``data`` atomically (temp + rename locally; one PUT remotely)."""
-        try:
+        with self._guard("writing", name):
             if self.local:
                 write_bytes_atomic(self.path(name), data)
             else:
                 self._fs.pipe_file(self.path(name), data)
-        except OSError as e:
-            raise self._fail("writing", name, e) from None
 
     def publish(self, local_file: str, name: str) -> None:
         """Put the finished local file ``local_file`` under ``name``.
@@ -119,7 +126,7 @@ class Store:
         visible only when its upload completes.
         """
         dest = self.path(name)
-        try:
+        with self._guard("publishing", name):
             if self.local:
                 if os.path.dirname(os.path.abspath(local_file)) == os.path.abspath(self._root):
                     os.replace(local_file, dest)
@@ -128,12 +135,10 @@ class Store:
                         shutil.copyfileobj(src, out, 8 << 20)
             else:
                 self._fs.put_file(local_file, dest)
-        except OSError as e:
-            raise self._fail("publishing", name, e) from None
 
     def fetch(self, name: str, local_path: str) -> None:
         """Copy ``name`` to ``local_path`` atomically."""
-        try:
+        with self._guard("fetching", name):
             if self.local:
                 with open(self.path(name), "rb") as src, atomic_output(local_path) as out:
                     shutil.copyfileobj(src, out, 8 << 20)
@@ -141,18 +146,14 @@ class Store:
                 with self._fs.open(self.path(name), "rb", block_size=16 << 20) as src, \
                         atomic_output(local_path) as out:
                     shutil.copyfileobj(src, out, 8 << 20)
-        except FileNotFoundError:
-            raise FastdataIOError(f"{self.describe(name)} does not exist") from None
-        except OSError as e:
-            raise self._fail("fetching", name, e) from None
 
     def remove(self, name: str) -> None:
-        try:
-            if self.local:
-                os.unlink(self.path(name))
-            else:
-                self._fs.rm_file(self.path(name))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise self._fail("removing", name, e) from None
+        """Delete ``name``; nothing happens when it does not exist."""
+        with self._guard("removing", name):
+            try:
+                if self.local:
+                    os.unlink(self.path(name))
+                else:
+                    self._fs.rm_file(self.path(name))
+            except FileNotFoundError:
+                pass
