@@ -23,7 +23,7 @@ from fastdata.format.compression import decompress_shard
 from fastdata.format.hashing import hash_file
 from fastdata.format.manifest import Manifest, ShardInfo, TokenizerInfo, parse_manifest
 from fastdata.format.reader import ShardView, gather, open_shard
-from fastdata.format.spec import DTYPES, DTYPE_CODES, MANIFEST_NAME
+from fastdata.format.spec import DTYPE_CODES, DTYPES, MANIFEST_NAME
 from fastdata.storage.remote import Store
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,9 @@ class ShardProblem:
     message: str
 
 
-def verify_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None) -> tuple[Manifest, list[ShardProblem]]:
+def verify_dataset(
+    url: str, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[Manifest, list[ShardProblem]]:
     """Re-hash every shard of the dataset at ``url`` and open each raw shard once.
 
     Returns:

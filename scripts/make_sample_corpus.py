@@ -53,7 +53,7 @@ def main() -> None:
     table = pa.table({"id": list(range(split, len(docs))), "text": docs[split:]})
     pq.write_table(table, os.path.join(out, "stdlib_docs.parquet"), row_group_size=256)
     chats = []
-    for i, d in enumerate(docs[:64]):
+    for d in docs[:64]:
         first = d.split("\n", 1)[0]
         chats.append({"messages": [
             {"role": "system", "content": "You explain Python's standard library."},

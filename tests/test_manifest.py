@@ -106,7 +106,8 @@ def test_unknown_codec_rejected(codec):
 
 
 def test_newer_version_and_incomplete():
-    with pytest.raises(FastdataFormatError, match=r"unsupported format version 2 \(this fastdata reads <= 1\)"):
+    newer = r"unsupported format version 2 \(this fastdata reads <= 1\)"
+    with pytest.raises(FastdataFormatError, match=newer):
         parse(good_doc(format_version=2))
     with pytest.raises(FastdataFormatError, match="marked incomplete"):
         parse(good_doc(complete=False))

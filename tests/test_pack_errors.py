@@ -62,7 +62,7 @@ def test_line_numbers_are_absolute_in_later_blocks(tmp_path, monkeypatch):
     lines[33] = "{broken"
     src = tmp_path / "c.jsonl"
     src.write_text("\n".join(lines) + "\n")
-    with pytest.raises(fastdata.FastdataInputError, match=rf"c\.jsonl:34: invalid JSON"):
+    with pytest.raises(fastdata.FastdataInputError, match=r"c\.jsonl:34: invalid JSON"):
         pack(config(src, tmp_path / "out"))
 
 

@@ -37,7 +37,7 @@ from fastdata.errors import (
 )
 from fastdata.format.compression import compress_shard
 from fastdata.format.manifest import Manifest, ShardInfo, parse_manifest
-from fastdata.format.spec import DTYPES, DTYPE_CODES, MANIFEST_NAME, dtype_for_vocab
+from fastdata.format.spec import DTYPE_CODES, DTYPES, MANIFEST_NAME, dtype_for_vocab
 from fastdata.format.writer import write_shard
 from fastdata.pack.encode import EncodeOptions, TaskResult, encode_task
 from fastdata.pack.sources import BLOCK_BYTES, Task, expand_inputs, plan_tasks
