@@ -106,6 +106,36 @@ def run_megatron(peers_py: Path, corpus: Path, prefix: Path, tokenizer: str, wor
     return res
 
 
+def tokenizer_ceiling(corpus: Path, tokenizer_json: Path, max_docs: int = 5000) -> dict:
+    """Tokens/s of the ``tokenizers`` library alone, one thread, in this process.
+
+    The upper bound for any packer that uses it, per core: ``encode`` one document at a
+    time (as the Megatron path does) and ``encode_batch`` over the same documents (as
+    fastdata does). Parsing JSON is excluded.
+    """
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    texts = []
+    with corpus.open("rb") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            if len(texts) >= max_docs:
+                break
+    nbytes = sum(len(t.encode("utf-8")) for t in texts)
+    out = {"docs": len(texts), "bytes": nbytes}
+    for name, fn in (
+        ("encode", lambda: [tok.encode(t, add_special_tokens=False).ids for t in texts]),
+        ("encode_batch", lambda: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]),
+    ):
+        c0, t0 = time.process_time(), time.perf_counter()
+        n = sum(len(ids) for ids in fn())
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out[name] = {"tokens": n, "wall_s": wall, "cpu_s": cpu, "tokens_per_s": n / wall,
+                     "tokens_per_cpu_s": n / cpu if cpu > 0 else float("nan")}
+    return out
+
+
 def rates(r: dict, net_s: float, startup_cpu_s: float) -> dict:
     w = r["workers"]
     net_cpu = r["cpu_s"] - startup_cpu_s
@@ -161,6 +191,17 @@ def markdown(results: dict) -> str:
         lines.append(f"fastdata output for {label} identical across worker counts "
                      f"(manifest fingerprint): {'yes' if same else 'NO'}.")
     lines.append("")
+    ceil = results.get("tokenizer_ceiling")
+    if ceil:
+        e, b = ceil["encode"], ceil["encode_batch"]
+        lines.append(
+            f"Reference: the `tokenizers` library alone on the BPE tokenizer, in-process, "
+            f"first {ceil['docs']:,} documents ({ceil['bytes'] / 1e6:.1f} MB, no JSON parsing): "
+            f"`encode` per document {fmt_rate(e['tokens_per_s'])} tokens/s "
+            f"({fmt_rate(e['tokens_per_cpu_s'])} tokens/CPU-s); `encode_batch` "
+            f"{fmt_rate(b['tokens_per_s'])} tokens/s ({fmt_rate(b['tokens_per_cpu_s'])} "
+            f"tokens/CPU-s). This is the per-core ceiling of both packers on bpe-8k.")
+        lines.append("")
     have = [cfg for cfg in results["configs"] if "ratio_net" in cfg]
     if have:
         lines.append("fastdata / Megatron-Core (same run; > 1 means fastdata is faster):")
@@ -237,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             tok_specs.append(("bpe-8k", str(args.tokenizer_json.resolve())))
         else:
             ap.error(f"unknown tokenizer {name!r}")
+
+    if any(label == "bpe-8k" for label, _ in tok_specs):
+        results["tokenizer_ceiling"] = tokenizer_ceiling(args.corpus, args.tokenizer_json)
+        print(f"tokenizers alone: {results['tokenizer_ceiling']['encode']['tokens_per_s']:.0f} "
+              "tokens/s (encode)", file=sys.stderr)
 
     for label, spec in tok_specs:
         for workers in (int(w) for w in args.workers.split(",")):
