@@ -89,7 +89,8 @@ def check_consistent(shard, data):
         assert shard.doc_bounds(i) == (a, b - a)
         np.testing.assert_array_equal(shard.doc(i), tokens[a:b])
         if shard.has_loss_mask:
-            np.testing.assert_array_equal(shard.doc_loss_mask(i), np.frombuffer(data, np.uint8, b - a, mask_offset + a))
+            mask = np.frombuffer(data, np.uint8, b - a, mask_offset + a)
+            np.testing.assert_array_equal(shard.doc_loss_mask(i), mask)
     with pytest.raises(IndexError):
         shard.doc(num_docs)
 
@@ -136,7 +137,8 @@ span_rows = st.lists(st.tuples(st.integers(-1, 3), st.integers(-2, 320), st.inte
 
 
 @settings(max_examples=400, deadline=None)
-@given(rows=span_rows, extra=st.integers(-1, 1), out_dtype=st.sampled_from(["int64", "int32", "uint32", "uint16"]))
+@given(rows=span_rows, extra=st.integers(-1, 1),
+       out_dtype=st.sampled_from(["int64", "int32", "uint32", "uint16"]))
 def test_random_spans_gather_like_numpy_or_raise_untouched(gather_shards, rows, extra, out_dtype):
     shards, docs, masks = gather_shards
     valid = all(0 <= s < 3 and 0 <= o <= len(docs[s]) and 0 <= n <= len(docs[s]) - o for s, o, n in rows)

@@ -4,6 +4,7 @@ and the batch gather."""
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import subprocess
 import sys
@@ -159,8 +160,6 @@ def test_views_survive_close_and_del(tmp_path):
     with pytest.raises(ValueError, match="closed"):
         _ = shard.num_docs
     del shard
-    import gc
-
     gc.collect()
     np.testing.assert_array_equal(doc, docs[3])
     np.testing.assert_array_equal(mask, masks[3])
@@ -280,7 +279,7 @@ def test_refusal_without_asserts(tmp_path, small_bytes):
 
 
 def _index(k):
-    return ("index", k)
+    return ("index", k)  # a CORRUPTIONS key meaning document index entry k
 
 
 # (mutation, expected field, expected byte offset); the CRC is recomputed after each
@@ -323,7 +322,8 @@ def test_corruptions_name_field_and_offset(tmp_path, small_bytes, mutation, fiel
 def test_reserved_byte(tmp_path, small_bytes):
     small_bytes[100] = 1
     fix_crc(small_bytes)
-    assert (refusal(tmp_path, small_bytes).field, refusal(tmp_path, small_bytes).byte_offset) == ("reserved", 100)
+    error = refusal(tmp_path, small_bytes)
+    assert (error.field, error.byte_offset) == ("reserved", 100)
 
 
 def test_crc_mismatch(tmp_path, small_bytes):
