@@ -12,10 +12,14 @@ from fastdata.errors import (
     FastdataIOError,
     FastdataStateError,
 )
+from fastdata.loader.dataloader import DataLoader
+from fastdata.loader.dataset import OrderOptions, TokenDataset
+from fastdata.world import World
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DataLoader",
     "Dataset",
     "FastdataCacheError",
     "FastdataConfigError",
@@ -26,6 +30,9 @@ __all__ = [
     "FastdataInputError",
     "FastdataIntegrityError",
     "FastdataStateError",
+    "OrderOptions",
+    "TokenDataset",
+    "World",
     "__version__",
     "open_dataset",
 ]

@@ -51,3 +51,7 @@ def gather(
     out: npt.NDArray[np.int64] | npt.NDArray[np.int32] | npt.NDArray[np.uint16] | npt.NDArray[np.uint32],
     mask_out: npt.NDArray[np.uint8] | None = None,
 ) -> None: ...
+
+def permute(
+    index: npt.ArrayLike, size: npt.ArrayLike, key: npt.ArrayLike
+) -> npt.NDArray[np.int64]: ...

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +111,10 @@ class Dataset:
     zero-copy views of the memory-mapped shards.
     """
 
+    #: Shards kept open (memory-mapped) at once; the least recently used beyond this are
+    #: dropped (arrays already handed out stay valid).
+    max_open_shards = 64
+
     def __init__(self, store: Store, manifest: Manifest, cache_dir: str | None = None) -> None:
         self.store = store
         self.manifest = manifest
@@ -116,7 +122,8 @@ class Dataset:
         toks = np.array([s.tokens for s in manifest.shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(docs)])
         self._token_starts = np.concatenate([[0], np.cumsum(toks)])
-        self._views: dict[int, ShardView] = {}
+        self._views: OrderedDict[int, ShardView] = OrderedDict()
+        self._lock = threading.Lock()
         direct = store.local and manifest.compression is None
         self._copies = None if direct else _LocalCopies(store, manifest, cache_dir or default_cache_dir())
 
@@ -148,19 +155,37 @@ class Dataset:
         return self.num_docs
 
     def shard(self, index: int) -> ShardView:
-        """The opened (validated, memory-mapped) shard ``index``."""
-        view = self._views.get(index)
-        if view is None:
-            info = self.shards[index]
-            path = self._copies.path(info) if self._copies else self.store.path(info.name)
-            view = open_shard(path)
-            if view.num_docs != info.docs or view.num_tokens != info.tokens:
-                raise FastdataFormatError(
-                    f"{path}: holds {view.num_docs} docs / {view.num_tokens} tokens, the manifest "
-                    f"says {info.docs} / {info.tokens}"
-                )
-            self._views[index] = view
+        """The opened (validated, memory-mapped) shard ``index``; safe to call from threads."""
+        with self._lock:
+            view = self._views.get(index)
+            if view is not None:
+                self._views.move_to_end(index)
+                return view
+        info = self.shards[index]
+        path = self._copies.path(info) if self._copies else self.store.path(info.name)
+        view = open_shard(path)
+        if view.num_docs != info.docs or view.num_tokens != info.tokens:
+            raise FastdataFormatError(
+                f"{path}: holds {view.num_docs} docs / {view.num_tokens} tokens, the manifest "
+                f"says {info.docs} / {info.tokens}"
+            )
+        with self._lock:
+            view = self._views.setdefault(index, view)
+            self._views.move_to_end(index)
+            while len(self._views) > self.max_open_shards:
+                self._views.popitem(last=False)
         return view
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without open mappings or locks (DataLoader workers reopen lazily)."""
+        state = self.__dict__.copy()
+        state["_views"] = OrderedDict()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _locate(self, i: int) -> tuple[int, int]:
         if not -self.num_docs <= i < self.num_docs:
@@ -205,9 +230,8 @@ class Dataset:
         return out
 
     def close(self) -> None:
-        for view in self._views.values():
-            view.close()
-        self._views.clear()
+        with self._lock:
+            self._views.clear()
 
     def __enter__(self) -> Dataset:
         return self

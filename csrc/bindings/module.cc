@@ -14,6 +14,7 @@ namespace py = pybind11;
 namespace fastdata::bindings {
 void register_shard(py::module_& m);   // shard.cc
 void register_gather(py::module_& m);  // gather.cc
+void register_index(py::module_& m);   // index.cc
 }  // namespace fastdata::bindings
 
 namespace {
@@ -87,4 +88,5 @@ PYBIND11_MODULE(_native, m) {
   m.attr("FORMAT") = format_constants();
   fastdata::bindings::register_shard(m);
   fastdata::bindings::register_gather(m);
+  fastdata::bindings::register_index(m);
 }

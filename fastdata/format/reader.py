@@ -69,4 +69,13 @@ def gather(
     _native.gather(shards, spans, out, mask_out)
 
 
-__all__ = ["ShardView", "gather", "open_shard"]
+def permute(index: np.ndarray, size: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Native ``fastdata.sampling.permute.permute_reference``: the same values, GIL released.
+
+    Raises:
+        ValueError: some ``index[i]`` lies outside ``[0, size[i])``.
+    """
+    return _native.permute(index, size, key)
+
+
+__all__ = ["ShardView", "gather", "open_shard", "permute"]

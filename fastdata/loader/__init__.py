@@ -1,0 +1,1 @@
+"""The training-side glue: TokenDataset, batch assembly, the stateful DataLoader."""

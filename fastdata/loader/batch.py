@@ -1,0 +1,181 @@
+"""Turning sample ids into training arrays with one native gather per batch.
+
+Sample modes (``SampleConfig.mode``):
+
+* ``packed`` — sample ``i`` is global tokens ``[i*L, i*L + L + 1)`` of the dataset's token
+  stream (documents joined as packed, EOS included); ``input_ids`` are the first ``L``,
+  ``labels`` the last ``L``. Optional ``position_ids`` restart at every document, and
+  ``doc_ids`` / ``cu_seqlens`` describe document boundaries for variable-length attention.
+* ``document`` — sample ``i`` is document ``i``, truncated to ``L + 1`` tokens or padded
+  with ``pad_id``; ``attention_mask`` marks the real input tokens.
+
+Labels are ``-100`` where no loss is taken: padding, positions past a document's end, and
+(for datasets packed with ``--chat``) tokens whose loss mask is 0. A padding sample (id
+-1, see ``sampling.order``) has all labels ``-100``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastdata.dataset import Dataset
+from fastdata.errors import FastdataConfigError
+from fastdata.format.reader import gather
+
+IGNORE = -100
+MODES = ("packed", "document")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How samples are cut from the token stream."""
+
+    seq_len: int  #: tokens per sample fed to the model (labels are shifted by one)
+    mode: str = "packed"  #: "packed" or "document"
+    position_ids: bool = False  #: packed mode: positions restarting at each document
+    doc_ids: bool = False  #: packed mode: per-token document ids and ``cu_seqlens``
+    pad_id: int | None = None  #: document mode padding id; default the EOS id, else 0
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1:
+            raise FastdataConfigError(f"seq_len must be >= 1, got {self.seq_len}")
+        if self.mode not in MODES:
+            raise FastdataConfigError(f"unknown sample mode {self.mode!r}; use one of {MODES}")
+        if self.mode == "document" and (self.position_ids or self.doc_ids):
+            raise FastdataConfigError("position_ids / doc_ids apply to packed samples only")
+
+
+class BatchAssembler:
+    """Reads samples of one dataset into preallocated numpy batches."""
+
+    def __init__(self, data: Dataset, config: SampleConfig) -> None:
+        self.data, self.config = data, config
+        shards = data.shards
+        self.token_starts = np.concatenate([[0], np.cumsum([s.tokens for s in shards])]).astype(np.int64)
+        self.doc_starts = np.concatenate([[0], np.cumsum([s.docs for s in shards])]).astype(np.int64)
+        self.has_mask = data.manifest.has_loss_mask
+        eos = data.tokenizer.eos_id
+        self.pad_id = config.pad_id if config.pad_id is not None else (eos if eos is not None else 0)
+
+    def __call__(self, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
+        if self.config.mode == "packed":
+            return self._packed(sample_ids)
+        return self._documents(sample_ids)
+
+    def _gather(self, rows: list[tuple[int, int, int]] | np.ndarray, out: np.ndarray,
+                mask: np.ndarray | None) -> None:
+        """Gather ``rows`` of (shard, offset, length) back to back into ``out`` (and ``mask``)."""
+        spans = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        if not len(spans):
+            return
+        shards, spans[:, 0] = np.unique(spans[:, 0], return_inverse=True)
+        gather([self.data.shard(int(s)) for s in shards], spans, out, mask)
+
+    def _read(self, rows: list[tuple[int, int, int]] | np.ndarray, total: int
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Gather ``rows`` into a new flat int64 array (and mask)."""
+        flat = np.empty(total, dtype=np.int64)
+        mask = np.empty(total, dtype=np.uint8) if self.has_mask else None
+        self._gather(rows, flat, mask)
+        return flat, mask
+
+    def _window_rows(self, start: int, width: int) -> list[tuple[int, int, int]]:
+        """(shard, offset, length) pieces of global tokens ``[start, start + width)``."""
+        starts = self.token_starts
+        shard = int(np.searchsorted(starts, start, side="right")) - 1
+        rows, pos, end = [], start, start + width
+        while pos < end:
+            take = min(end, int(starts[shard + 1])) - pos
+            if take > 0:
+                rows.append((shard, pos - int(starts[shard]), take))
+                pos += take
+            shard += 1
+        return rows
+
+    def _packed_spans(self, starts: np.ndarray, width: int) -> list[tuple[int, int, int]] | np.ndarray:
+        """(shard, offset, length) rows for windows at global token ``starts``, in order."""
+        shard = np.searchsorted(self.token_starts, starts, side="right") - 1
+        local = starts - self.token_starts[shard]
+        if np.all(starts + width <= self.token_starts[shard + 1]):  # no window crosses a shard
+            return np.stack([shard, local, np.full(len(starts), width)], axis=1)
+        rows: list[tuple[int, int, int]] = []
+        for start in starts:
+            rows.extend(self._window_rows(int(start), width))
+        return rows
+
+    def _packed(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        seq, width, b = self.config.seq_len, self.config.seq_len + 1, len(ids)
+        real = ids >= 0
+        buf = np.zeros((b, width), dtype=np.int64)
+        mbuf = np.zeros((b, width), dtype=np.uint8) if self.has_mask else None
+        if real.any():
+            rows = self._packed_spans(ids[real] * seq, width)
+            if real.all():  # the common case: gather straight into the batch
+                self._gather(rows, buf.reshape(-1), None if mbuf is None else mbuf.reshape(-1))
+            else:
+                flat, mask = self._read(rows, int(real.sum()) * width)
+                buf[real] = flat.reshape(-1, width)
+                if mbuf is not None and mask is not None:
+                    mbuf[real] = mask.reshape(-1, width)
+        labels = buf[:, 1:].copy()
+        if mbuf is not None:
+            labels[mbuf[:, 1:] == 0] = IGNORE
+        labels[~real] = IGNORE
+        out = {"input_ids": np.ascontiguousarray(buf[:, :seq]), "labels": labels,
+               "sample_ids": ids.astype(np.int64)}
+        if self.config.position_ids or self.config.doc_ids:
+            out.update(self._doc_layout(ids))
+        return out
+
+    def _doc_layout(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Document id of every input token, positions restarting per document, cu_seqlens."""
+        seq, b = self.config.seq_len, len(ids)
+        docs = np.full((b, seq), -1, dtype=np.int64)
+        for r, i in enumerate(ids):
+            if i < 0:
+                continue
+            col = 0
+            for shard, offset, length in self._window_rows(int(i) * seq, seq):
+                offsets = self.data.shard(shard).doc_offsets()
+                local = np.arange(offset, offset + length, dtype=np.uint64)
+                docs[r, col : col + length] = (np.searchsorted(offsets, local, side="right") - 1
+                                               + self.doc_starts[shard])
+                col += length
+        starts = np.ones((b, seq), dtype=bool)
+        starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
+        cols = np.broadcast_to(np.arange(seq), (b, seq))
+        first = np.maximum.accumulate(np.where(starts, cols, 0), axis=1)
+        out: dict[str, np.ndarray] = {}
+        if self.config.position_ids:
+            out["position_ids"] = (cols - first).astype(np.int64)
+        if self.config.doc_ids:
+            out["doc_ids"] = docs
+            out["cu_seqlens"] = np.append(np.flatnonzero(starts.ravel()), b * seq).astype(np.int32)
+        return out
+
+    def _documents(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        seq, width, b = self.config.seq_len, self.config.seq_len + 1, len(ids)
+        real = ids >= 0
+        rows, lengths = [], np.zeros(b, dtype=np.int64)
+        for r, i in enumerate(ids):
+            if i < 0:
+                continue
+            shard = int(np.searchsorted(self.doc_starts, i, side="right")) - 1
+            start, length = self.data.shard(shard).doc_bounds(int(i - self.doc_starts[shard]))
+            lengths[r] = min(length, width)
+            rows.append((shard, start, int(lengths[r])))
+        flat, mask = self._read([r for r in rows if r[2]], int(lengths.sum()))
+        buf = np.full((b, width), self.pad_id, dtype=np.int64)
+        valid = np.arange(width) < lengths[:, None]
+        buf[valid] = flat
+        labels = buf[:, 1:].copy()
+        labels[~valid[:, 1:]] = IGNORE
+        if mask is not None:
+            mbuf = np.zeros((b, width), dtype=np.uint8)
+            mbuf[valid] = mask
+            labels[mbuf[:, 1:] == 0] = IGNORE
+        labels[~real] = IGNORE
+        return {"input_ids": np.ascontiguousarray(buf[:, :seq]), "labels": labels,
+                "attention_mask": valid[:, :seq].astype(np.int64), "sample_ids": ids.astype(np.int64)}

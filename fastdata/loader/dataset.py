@@ -1,0 +1,227 @@
+"""``TokenDataset``: a PyTorch ``IterableDataset`` over a packed dataset.
+
+It composes the pieces and owns no I/O of its own: the manifest and shards come from
+:func:`fastdata.open_dataset`, the order from :mod:`fastdata.sampling.order`, the arrays
+from :class:`~fastdata.loader.batch.BatchAssembler`. Iterating it yields this rank's part
+of every global step, in order; DataLoader workers take steps in turns.
+
+With ``batch_size`` set, each item is a micro-batch (use ``DataLoader(ds, batch_size=None)``
+or :class:`fastdata.DataLoader`); without, each item is one sample (a stock
+``DataLoader(ds, batch_size=B)`` batches them; the order then follows a micro-batch of 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from fastdata.dataset import Dataset, open_dataset
+from fastdata.errors import FastdataConfigError, FastdataStateError
+from fastdata.format.reader import permute
+from fastdata.loader.batch import BatchAssembler, SampleConfig
+from fastdata.loader.state import StreamState, check_identity, identity_of, parse_state
+from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace, Stripe, document_space, packed_space
+from fastdata.world import World
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OrderOptions:
+    """Order settings beyond ``shuffle`` and ``seed``; they must stay fixed across a resume."""
+
+    window: int | None = 16  #: shards per local-shuffle block; None shuffles whole partitions
+    partitions: int | None = None  #: canonical partitions; default: the global batch size
+    drop_last: bool = True  #: drop the last partial global batch of an epoch (else pad it)
+
+
+class TokenDataset(IterableDataset):
+    """Deterministic, resumable training samples from a packed dataset.
+
+    Args:
+        source: dataset directory or fsspec URL (the folder holding ``manifest.json``).
+        seq_len: tokens per sample.
+        shuffle: shuffle shards and samples (per epoch, keyed by ``seed``).
+        seed: the order's seed.
+        batch_size: micro-batch per rank; set by :class:`fastdata.DataLoader`.
+        sampling: sample mode and extra outputs (:class:`SampleConfig` fields except seq_len).
+        order: window, partitions and tail policy (:class:`OrderOptions`).
+        world: explicit topology; default: detected from torch.distributed / torchrun.
+        storage_options: fsspec options for a remote ``source`` (never logged).
+        cache_dir: local directory for remote or compressed shards.
+
+    Raises:
+        FastdataConfigError: the settings are invalid or the dataset has no sample.
+    """
+
+    def __init__(  # noqa: PLR0913 - the documented user-facing constructor
+        self, source: str, *, seq_len: int, shuffle: bool = True, seed: int = 0,
+        batch_size: int | None = None, sampling: Mapping[str, Any] | None = None,
+        order: OrderOptions | None = None, world: World | None = None,
+        storage_options: Mapping[str, Any] | None = None, cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.data: Dataset = open_dataset(source, storage_options=storage_options, cache_dir=cache_dir)
+        self.samples = SampleConfig(seq_len=seq_len, **dict(sampling or {}))
+        self.space: SampleSpace = self._space()
+        if self.space.num_samples == 0:
+            raise FastdataConfigError(
+                f"{self.data.store.display} gives no sample of {seq_len + 1} tokens "
+                f"({self.data.num_tokens} tokens, {self.data.num_docs} documents); use a shorter "
+                "seq_len or more data")
+        self.shuffle, self.seed = shuffle, seed
+        self.order_options = order or OrderOptions()
+        if batch_size is not None and batch_size < 1:
+            raise FastdataConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.world = world
+        self._assembler: BatchAssembler | None = None
+        self._orders: dict[tuple[int, int], EpochOrder] = {}
+        self._epoch = 0
+        self._pending: StreamState | None = None
+        self._position: tuple[int, int] = (0, 0)  # (epoch, next step) as yielded in-process
+
+    def __repr__(self) -> str:
+        return (f"TokenDataset({self.data.store.display!r}, seq_len={self.samples.seq_len}, "
+                f"mode={self.samples.mode!r}, samples={self.space.num_samples}, seed={self.seed})")
+
+    def _space(self) -> SampleSpace:
+        shards = self.data.shards
+        if self.samples.mode == "packed":
+            return packed_space(np.array([s.tokens for s in shards], dtype=np.int64), self.samples.seq_len)
+        return document_space(np.array([s.docs for s in shards], dtype=np.int64))
+
+    # ------------------------------------------------------------------ order
+
+    def resolved_world(self) -> World:
+        """The topology of this process (the worker fields are filled in workers)."""
+        return World.detect(self.world)
+
+    def order_config(self, world: World) -> OrderConfig:
+        micro = self.batch_size or 1
+        g = micro * world.world_size
+        o = self.order_options
+        return OrderConfig(global_batch=g, partitions=o.partitions or g, seed=self.seed,
+                           shuffle=self.shuffle, window=o.window, drop_last=o.drop_last)
+
+    def epoch_order(self, epoch: int, world: World) -> EpochOrder:
+        config = self.order_config(world)
+        key = (epoch, config.global_batch)
+        order = self._orders.get(key)
+        if order is None:
+            self._orders = {key: EpochOrder(self.space, config, epoch, self.data.manifest.fingerprint,
+                                            permute=permute)}
+            order = self._orders[key]
+            if config.partitions % world.num_nodes:
+                log.warning("%d partitions do not divide among %d nodes: nodes will share shards",
+                            config.partitions, world.num_nodes)
+        return order
+
+    def identity(self, world: World) -> dict[str, Any]:
+        c = self.order_config(world)
+        return identity_of(dataset=self.data.manifest.fingerprint, seq_len=self.samples.seq_len,
+                           mode=self.samples.mode, seed=c.seed, shuffle=c.shuffle, window=c.window,
+                           global_batch=c.global_batch, partitions=c.partitions, drop_last=c.drop_last)
+
+    def steps_per_epoch(self, world: World | None = None) -> int:
+        return self.epoch_order(0, world or self.resolved_world()).num_steps
+
+    def assembler(self) -> BatchAssembler:
+        if self._assembler is None:
+            self._assembler = BatchAssembler(self.data, self.samples)
+        return self._assembler
+
+    def batch(self, order: EpochOrder, stripe: Stripe, step: int) -> dict[str, np.ndarray]:
+        """This rank's micro-batch of global step ``step`` as numpy arrays."""
+        return self.assembler()(order.slots(step, stripe.lo, stripe.hi))
+
+    def batches(self, order: EpochOrder, stripe: Stripe, steps: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        """Micro-batches of several steps, read with one gather (per-batch Python overhead
+        dominates otherwise); each batch's arrays are views of shared buffers."""
+        if self.samples.doc_ids:  # cu_seqlens is per batch: no sharing
+            return [self.batch(order, stripe, s) for s in steps]
+        ids = order.slots(np.asarray(steps, dtype=np.int64), stripe.lo, stripe.hi)
+        arrays = self.assembler()(ids.ravel())
+        b = stripe.hi - stripe.lo
+        return [{k: v[i * b : (i + 1) * b] for k, v in arrays.items()} for i in range(len(steps))]
+
+    # ------------------------------------------------------------------ epochs and state
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start the next iteration at ``epoch`` (as with DistributedSampler)."""
+        if epoch < 0:
+            raise FastdataConfigError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = epoch
+        self._position = (epoch, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position of this dataset's own iteration (exact with ``num_workers=0``).
+
+        Inside a DataLoader worker (torchdata's StatefulDataLoader asks each worker) the
+        state describes that worker's lane.
+        """
+        if self._pending is not None:
+            return self._pending.to_dict()
+        world = self.resolved_world()
+        worker, num_workers = World.current_worker()
+        epoch, step = self._position
+        lane = (worker, num_workers) if num_workers > 1 else None
+        return StreamState(epoch, step, self.identity(world), lane).to_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any] | str) -> None:
+        """Resume the next iteration exactly where ``state`` was taken.
+
+        Raises:
+            FastdataStateError: the state is malformed or was saved with other settings.
+        """
+        parsed = parse_state(state)
+        world = self.resolved_world()
+        check_identity(parsed.identity, self.identity(world))
+        steps = self.epoch_order(parsed.epoch, world).num_steps
+        if parsed.step > steps + (parsed.lane[1] if parsed.lane else 0):
+            raise FastdataStateError(
+                f"state field 'step' is {parsed.step} but epoch {parsed.epoch} has only {steps} steps")
+        self._pending = parsed
+
+    def take_start(self, world: World) -> tuple[int, int, bool]:
+        """(epoch, first step, whether ``step`` is this worker's own lane position)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            epoch, step = self._position
+            return epoch, step, False
+        same_lane = pending.lane == ((world.worker, world.num_workers) if world.num_workers > 1 else None)
+        if pending.lane is not None and not same_lane:
+            raise FastdataStateError(
+                f"state field 'lane' is {list(pending.lane)} (a per-worker state) but this worker is "
+                f"{[world.worker, world.num_workers]}; resume with the same num_workers or from a "
+                "fastdata.DataLoader state")
+        return pending.epoch, pending.step, pending.lane is not None
+
+    # ------------------------------------------------------------------ iteration
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        worker, num_workers = World.current_worker()
+        world = self.resolved_world().with_worker(worker, num_workers)
+        epoch, start, own_lane = self.take_start(world)
+        order = self.epoch_order(epoch, world)
+        stripe = Stripe.of(order.config.global_batch, world.rank, world.world_size, worker, num_workers)
+        if own_lane:
+            steps = range(start, order.num_steps, num_workers)
+        else:
+            steps = stripe.steps(start, order.num_steps)
+        for step in steps:
+            batch = {k: torch.from_numpy(v) for k, v in self.batch(order, stripe, step).items()}
+            self._position = (epoch, step + num_workers)
+            if self.batch_size is None:
+                yield {k: v[0] for k, v in batch.items() if k != "cu_seqlens"}
+            else:
+                yield batch
+        first_next = worker if num_workers > 1 else 0
+        self._position = (epoch + 1, first_next)
