@@ -1,4 +1,13 @@
-"""fastdata: token-native shards and a streaming dataset that keeps accelerators fed."""
+"""fastdata: token-native shards and a streaming dataset that keeps accelerators fed.
+
+The training classes (``TokenDataset``, ``DataLoader``, ``OrderOptions``) need torch and are
+imported on first use, so ``fastdata pack`` and other tools start without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from fastdata.dataset import Dataset, open_dataset
 from fastdata.errors import (
@@ -12,11 +21,27 @@ from fastdata.errors import (
     FastdataIOError,
     FastdataStateError,
 )
-from fastdata.loader.dataloader import DataLoader
-from fastdata.loader.dataset import OrderOptions, TokenDataset
 from fastdata.world import World
 
+if TYPE_CHECKING:
+    from fastdata.loader.dataloader import DataLoader
+    from fastdata.loader.dataset import OrderOptions, TokenDataset
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "DataLoader": "fastdata.loader.dataloader",
+    "OrderOptions": "fastdata.loader.dataset",
+    "TokenDataset": "fastdata.loader.dataset",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastdata' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "DataLoader",

@@ -107,7 +107,7 @@ class World:
                     f"configured with rank {world.rank} of {world.world_size}; pass world=None to "
                     "take the process group's view, or fix the launcher's environment"
                 )
-        elif world.world_size > 1:
+        elif explicit is None and world.world_size > 1:
             log.warning("WORLD_SIZE=%d but no torch.distributed process group is initialised; "
                         "using the environment's rank %d", world.world_size, world.rank)
         return world

@@ -216,12 +216,18 @@ class TokenDataset(IterableDataset):
             steps = range(start, order.num_steps, num_workers)
         else:
             steps = stripe.steps(start, order.num_steps)
-        for step in steps:
-            batch = {k: torch.from_numpy(v) for k, v in self.batch(order, stripe, step).items()}
-            self._position = (epoch, step + num_workers)
-            if self.batch_size is None:
-                yield {k: v[0] for k, v in batch.items() if k != "cu_seqlens"}
-            else:
-                yield batch
+        chunk, in_worker = 64, torch.utils.data.get_worker_info() is not None
+        for i in range(0, len(steps), chunk):
+            part = steps[i : i + chunk]
+            for step, arrays in zip(part, self.batches(order, stripe, part)):
+                # In a worker process every tensor is moved to shared memory on the way out:
+                # give each its own small buffer, or the whole chunk is copied each time.
+                own = (lambda v: v.copy()) if in_worker else (lambda v: v)
+                batch = {k: torch.from_numpy(own(v)) for k, v in arrays.items()}
+                self._position = (epoch, step + num_workers)
+                if self.batch_size is None:
+                    yield {k: v[0] for k, v in batch.items() if k != "cu_seqlens"}
+                else:
+                    yield batch
         first_next = worker if num_workers > 1 else 0
         self._position = (epoch + 1, first_next)

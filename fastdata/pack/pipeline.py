@@ -260,6 +260,13 @@ class _Journal:
         self.store.write_bytes(JOURNAL_NAME, json.dumps(doc).encode())
 
 
+def _worker_init() -> None:
+    # Hugging Face tokenizers parallelise each batch over all cores; with one process per
+    # core that oversubscribes them, so workers encode single-threaded.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = "1"
+
+
 def _ordered_results(tasks: Sequence[Task], options: EncodeOptions,
                      workers: int) -> Iterator[TaskResult]:
     """Encode ``tasks`` on ``workers`` processes; yield results in task order."""
@@ -271,7 +278,7 @@ def _ordered_results(tasks: Sequence[Task], options: EncodeOptions,
     # event-loop thread for remote outputs): then pay for spawn.
     safe_to_fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if safe_to_fork else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
     window: deque[Future[TaskResult]] = deque()
     try:
         queued = iter(tasks)

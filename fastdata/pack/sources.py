@@ -20,7 +20,7 @@ from typing import IO, Any
 from fastdata.errors import FastdataConfigError, FastdataInputError
 
 #: Byte size of the blocks that splittable line-oriented files are cut into.
-BLOCK_BYTES = 4 << 20
+BLOCK_BYTES = 1 << 20
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
