@@ -331,11 +331,11 @@ def checkpoint4(tmp_path_factory, packed, reference4) -> dict:
     return checkpoint
 
 
-@pytest.mark.parametrize(("nodes", "per_node"), [(1, 2), (1, 1)], ids=["1x2-b8", "1x1-b16"])
+@pytest.mark.parametrize(("nodes", "per_node"), [(1, 2), (1, 1), (2, 4)], ids=["1x2-b8", "1x1-b16", "2x4-b2"])
 def test_b4_elastic_resume_constant_global_batch(tmp_path, packed, reference4, checkpoint4, nodes,
                                                  per_node):
-    """B4: the 4-rank checkpoint resumes on fewer ranks (micro-batch scaled to keep the global
-    batch 16): the remaining global batches are the 4-rank reference's, in order; the epoch
+    """B4: the 4-rank checkpoint resumes on 2, 1 and 8 ranks (micro-batch scaled to keep the
+    global batch 16): the remaining global batches are the 4-rank reference's, in order; the epoch
     is exactly-once across the kill."""
     world_size = nodes * per_node
     job = Job(tmp_path, nodes, per_node, dataset=packed, batch_size=GLOBAL_BATCH // world_size,
