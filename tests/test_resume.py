@@ -1,0 +1,320 @@
+"""Exact resume of fastdata.DataLoader in one process per run (B1, B2, B5–B8, F4–F6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from _loader import ids_of, packed_dataset
+
+import fastdata
+
+pytestmark = pytest.mark.timeout(120)
+HERE = os.path.dirname(os.path.abspath(__file__))
+STATE_V1 = os.path.join(HERE, "data", "state_v1.json")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return packed_dataset(str(tmp_path_factory.mktemp("resume")))
+
+
+def loader(data, *, workers=2, batch=4, seed=9, seq_len=32, backend="threads", **kw):
+    ds = fastdata.TokenDataset(data, seq_len=seq_len, seed=seed, **kw)
+    return fastdata.DataLoader(ds, batch_size=batch, num_workers=workers, backend=backend)
+
+
+def uninterrupted(data, epochs=2, **kw) -> list[int]:
+    dl = loader(data, **kw)
+    return [i for _ in range(epochs) for i in ids_of(dl)]
+
+
+def run_until(dl, k: int) -> tuple[list[int], dict]:
+    """Consume ``k`` batches of the current epoch; return their ids and the state."""
+    ids = []
+    it = iter(dl)
+    for _ in range(k):
+        ids += [int(i) for i in next(it)["sample_ids"]]
+    state = dl.state_dict()
+    del it
+    return ids, state
+
+
+def finish(dl, epochs_left: int) -> list[int]:
+    """Iterate the (resumed) current epoch to its end, then ``epochs_left`` more epochs."""
+    return [i for _ in range(1 + epochs_left) for i in ids_of(dl)]
+
+
+def test_b1_cut_points(data):
+    full = uninterrupted(data)
+    steps = len(loader(data))
+    per = 4
+    for k in (0, 1, steps // 2, steps - 1, steps):
+        before, state = run_until(loader(data), k)
+        json.dumps(state)
+        resumed = loader(data)
+        resumed.load_state_dict(json.loads(json.dumps(state)))
+        after = finish(resumed, 0 if k < steps else 0)
+        if k == steps:  # a cut exactly at the end resumes at epoch 1, step 0
+            assert state["epoch"] == 1 and state["step"] == 0
+            assert before + after == full[: len(before) + len(after)]
+        else:
+            assert before + after + ids_of(resumed) == full, k
+        assert len(before) == k * per
+
+
+def test_b1_first_step_of_next_epoch(data):
+    full = uninterrupted(data)
+    dl = loader(data)
+    first = ids_of(dl)
+    it = iter(dl)
+    one = [int(i) for i in next(it)["sample_ids"]]
+    state = dl.state_dict()
+    assert (state["epoch"], state["step"]) == (1, 1)
+    resumed = loader(data)
+    resumed.load_state_dict(state)
+    assert first + one + ids_of(resumed) == full
+
+
+def test_b1_resume_in_a_fresh_process(data, tmp_path):
+    full = uninterrupted(data, epochs=1)
+    before, state = run_until(loader(data), 7)
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    code = (
+        "import json, fastdata\n"
+        f"ds = fastdata.TokenDataset({data!r}, seq_len=32, seed=9)\n"
+        "dl = fastdata.DataLoader(ds, batch_size=4, num_workers=2)\n"
+        f"dl.load_state_dict(json.load(open({str(tmp_path / 'state.json')!r})))\n"
+        "print(json.dumps([int(i) for b in dl for i in b['sample_ids']]))\n"
+    )
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
+                         timeout=90, check=True)
+    assert before + json.loads(out.stdout) == full
+
+
+def test_b2_prefetched_batches_are_not_lost(data):
+    full = uninterrupted(data, epochs=1, workers=2)
+    dl = loader(data, workers=2)
+    dl.prefetch = 4
+    it = iter(dl)
+    got = [int(i) for _ in range(3) for i in next(it)["sample_ids"]]
+    time.sleep(0.2)  # let the threads fill the look-ahead
+    state = dl.state_dict()
+    assert state["step"] == 3  # counted at the training loop, not at the producers
+    del it
+    resumed = loader(data, workers=2)
+    resumed.load_state_dict(state)
+    rest = ids_of(resumed)
+    assert got + rest == full
+    assert rest[: 4 * 4] == full[12:28]  # the prefetched batches come again, once
+
+
+@pytest.mark.parametrize(("save_workers", "load_workers", "backend"),
+                         [(2, 0, "threads"), (2, 3, "threads"), (0, 2, "processes")])
+def test_b5_worker_count_change(data, save_workers, load_workers, backend):
+    full = uninterrupted(data, epochs=1, seq_len=64)
+    before, state = run_until(loader(data, workers=save_workers, seq_len=64), 5)
+    resumed = loader(data, workers=load_workers, backend=backend, seq_len=64)
+    resumed.load_state_dict(state)
+    assert before + ids_of(resumed) == full
+
+
+def test_b4_world_size_change_in_process(data):
+    """Global batch 8: 4 ranks × 2 → 2 ranks × 4 (ranks simulated one after another)."""
+    def world(rank, size):
+        return fastdata.World(rank=rank, world_size=size, local_rank=rank % 2, ranks_per_node=2)
+
+    def rank_loaders(size, batch):
+        return [loader(data, batch=batch, world=world(r, size)) for r in range(size)]
+
+    four = rank_loaders(4, 2)
+    iters = [iter(dl) for dl in four]
+    reference = []
+    for step in range(len(four[0])):
+        reference.append([i for it in iters for i in next(it)["sample_ids"].tolist()])
+    s = 5
+    four = rank_loaders(4, 2)
+    iters = [iter(dl) for dl in four]
+    for _ in range(s):
+        for it in iters:
+            next(it)
+    states = [dl.state_dict() for dl in four]
+    assert all(st == states[0] for st in states)  # one state for the whole job
+    two = rank_loaders(2, 4)
+    for dl in two:
+        dl.load_state_dict(states[0])
+    iters = [iter(dl) for dl in two]
+    resumed = [[i for it in iters for i in next(it)["sample_ids"].tolist()]
+               for _ in range(len(reference) - s)]
+    assert resumed == reference[s:]
+
+
+@pytest.mark.parametrize(("field", "change"), [
+    ("seed", {"seed": 10}), ("seq_len", {"seq_len": 16}), ("global_batch", {"batch": 8}),
+    ("partitions", {"order": None}), ("dataset", {"data": "other"}),
+])
+def test_b6_incompatible_state_is_rejected(data, tmp_path, field, change):
+    _, state = run_until(loader(data), 3)
+    kwargs = {"seed": 9, "seq_len": 32, "batch": 4}
+    kwargs.update({k: v for k, v in change.items() if k in kwargs})
+    source = data
+    if change.get("data") == "other":
+        source = packed_dataset(str(tmp_path / "other"), seed=77)
+    order = fastdata.OrderOptions(partitions=2) if "order" in change else None
+    target = loader(source, seed=kwargs["seed"], seq_len=kwargs["seq_len"], batch=kwargs["batch"],
+                    order=order)
+    with pytest.raises(fastdata.FastdataStateError) as err:
+        target.load_state_dict(state)
+    assert f"'{field}'" in str(err.value)
+    assert str(state["identity"][field]) in str(err.value)
+    first = next(iter(target))["sample_ids"].tolist()  # never silently resumed elsewhere
+    assert first == next(iter(loader(source, seed=kwargs["seed"], seq_len=kwargs["seq_len"],
+                                     batch=kwargs["batch"], order=order)))["sample_ids"].tolist()
+
+
+def test_b6_malformed_states(data):
+    dl = loader(data)
+    _, good = run_until(loader(data), 2)
+    cases = {
+        "version": {**good, "version": 99},
+        "step": {**good, "step": 10**9},
+        "epoch": {**good, "epoch": -1},
+        "identity": {k: v for k, v in good.items() if k != "identity"},
+    }
+    for name, bad in cases.items():
+        with pytest.raises(fastdata.FastdataStateError, match=f"'{name}'"):
+            dl.load_state_dict(bad)
+    with pytest.raises(fastdata.FastdataStateError, match="not valid JSON"):
+        dl.load_state_dict(json.dumps(good)[:-5])
+    extra = {**good, "payload": "cos\nsystem\n(S'echo pwned'\ntR."}  # G1(c): ignored, JSON only
+    dl.load_state_dict(extra)
+    assert "payload" not in dl.state_dict()
+
+
+def test_b7_lifecycle(data):
+    _, state = run_until(loader(data), 4)
+    dl = loader(data)
+    dl.load_state_dict(state)
+    assert dl.state_dict() == state  # (a) load then state, no iteration
+    it = iter(loader(data))  # (b) an iterator created before the load
+    dl2 = loader(data)
+    it = iter(dl2)
+    next(it)
+    dl2.load_state_dict(state)
+    with pytest.raises(fastdata.FastdataStateError, match="replaced by load_state_dict"):
+        next(it)
+    assert next(iter(dl2))["sample_ids"].tolist() == next(iter(dl))["sample_ids"].tolist()
+    # (c) resume, finish the epoch, then the next epoch starts at its own position 0
+    dl3 = loader(data)
+    dl3.load_state_dict(state)
+    ids_of(dl3)
+    epoch1 = uninterrupted(data, epochs=2)[len(uninterrupted(data, epochs=1)):]
+    assert ids_of(dl3) == epoch1
+    # (d) load, break early, start another epoch: applied once, next epoch at 0
+    dl4 = loader(data)
+    dl4.load_state_dict(state)
+    for _ in iter(dl4):
+        break
+    assert ids_of(dl4) == epoch1
+
+
+def test_b8_state_is_small_versioned_json(data, tmp_path):
+    _, state = run_until(loader(data), 3)
+    text = json.dumps(state)
+    assert json.loads(text) == state and len(text) < 16 << 10
+    assert isinstance(state["version"], int)
+    big = packed_dataset(str(tmp_path / "big"), docs=3000, shard_size=1 << 20)
+    _, big_state = run_until(loader(big, seq_len=2), 3)
+    assert abs(len(json.dumps(big_state)) - len(text)) < 64  # independent of the sample count
+
+
+def test_b8_committed_v1_state_resumes(data):
+    """A state written by this version and committed: it must keep loading, and resume right."""
+    with open(STATE_V1) as f:
+        fixture = json.load(f)
+    full = uninterrupted(data, epochs=1)
+    dl = loader(data)
+    dl.load_state_dict(fixture["state"])
+    assert full[: fixture["consumed"]] + ids_of(dl) == full
+
+
+def test_f4_memory_flat_across_epochs(data):
+    def uss_kb() -> int:
+        with open("/proc/self/smaps_rollup") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty"))
+
+    dl = loader(data, workers=2, seq_len=16)
+    readings = []
+    for _ in range(3):
+        ids_of(dl)
+        readings.append(uss_kb())
+    assert readings[2] - readings[1] < 0.02 * readings[1]
+    assert len(pickle.dumps(dl.dataset)) < 1 << 20
+
+
+def test_f5_clean_shutdown_after_early_break(data):
+    baseline = threading.active_count()
+    dl = loader(data, workers=3)
+    for _ in dl:
+        break
+    del dl
+    deadline = time.monotonic() + 5
+    while threading.active_count() > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == baseline
+    procs = loader(data, workers=2, backend="processes")
+    it = iter(procs)
+    next(it)
+    import multiprocessing
+
+    assert multiprocessing.active_children()
+    del it
+    deadline = time.monotonic() + 5
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()
+
+
+def test_f6_killed_worker_process_raises(data):
+    dl = loader(data, workers=2, backend="processes", seq_len=8)
+    dl.timeout = 20
+    it = iter(dl)
+    next(it)
+    import multiprocessing
+
+    victim = multiprocessing.active_children()[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="(?i)worker"):
+        for _ in it:
+            pass
+    assert time.monotonic() - t0 < 25
+
+
+def test_torchdata_stateful_dataloader(data):
+    pytest.importorskip("torchdata")
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    def make():
+        return StatefulDataLoader(fastdata.TokenDataset(data, seq_len=32, seed=9, batch_size=4),
+                                  batch_size=None, num_workers=2)
+
+    full = ids_of(make())
+    dl = make()
+    it = iter(dl)
+    before = [i for _ in range(5) for i in next(it)["sample_ids"].tolist()]
+    state = dl.state_dict()
+    del it
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert before + ids_of(resumed) == full
+    assert torch.tensor(full).unique().numel() == len(full)
