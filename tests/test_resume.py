@@ -138,7 +138,7 @@ def test_b4_world_size_change_in_process(data):
     four = rank_loaders(4, 2)
     iters = [iter(dl) for dl in four]
     reference = []
-    for step in range(len(four[0])):
+    for _ in range(len(four[0])):
         reference.append([i for it in iters for i in next(it)["sample_ids"].tolist()])
     s = 5
     four = rank_loaders(4, 2)
