@@ -7,7 +7,9 @@ states, errors) as JSON files; the parent test asserts.
 
 Config keys (see ``DEFAULTS``):
   scenario      "epochs" (iterate) or "explicit_world" (A8a: construct with world=World())
-  dataset, seq_len, seed, window, drop_last, mode, batch_size, num_workers, backend
+  dataset, seq_len, seed, window, drop_last, mode, batch_size, num_workers
+  backend       "threads" or "processes" (fastdata.DataLoader), or "stock" (torch's DataLoader
+                over TokenDataset(batch_size=...), worker processes when num_workers > 0)
   pg            initialise a gloo process group from ``init_file``
   epochs        how many times to call iter(loader)
   resume        a checkpoint file whose "loader" state is loaded before the first iter
@@ -15,6 +17,7 @@ Config keys (see ``DEFAULTS``):
                 (temp + fsync + rename) holding the loader state and the ids seen so far
   ready_step    after this many batches of the first epoch, write ``ready-RANK`` and sleep
                 until killed
+  claim_env     environment overrides applied after the process group is initialised
   slow_rank, sleep
                 every rank sleeps ``sleep`` seconds per batch, ``slow_rank`` three times as long
   out           directory for ``result-RANK.json`` (and the checkpoint, ready files)
@@ -36,7 +39,8 @@ DEFAULTS = {
     "scenario": "epochs", "seq_len": 32, "seed": 7, "window": 4, "drop_last": True, "mode": "packed",
     "batch_size": 4, "num_workers": 2, "backend": "threads", "pg": True, "epochs": 1,
     "resume": None, "save_step": None, "ready_step": None, "slow_rank": None, "sleep": 0.0,
-    "collective_timeout": 40, "hang_timeout": 90, "check_data": True,
+    "collective_timeout": 40, "hang_timeout": 90, "check_data": True, "explicit_world": True,
+    "claim_env": None,
 }
 
 
@@ -104,14 +108,25 @@ def run_epochs(cfg: dict, rank: int, world_size: int, result: dict) -> None:
 
     ds = make_dataset(cfg)
     b = cfg["batch_size"]
-    loader = fastdata.DataLoader(ds, batch_size=b, num_workers=cfg["num_workers"], backend=cfg["backend"])
-    result["world"] = vars(loader.world) if hasattr(loader.world, "__dict__") else str(loader.world)
-    result["len"] = len(loader)
+    if cfg["backend"] == "stock":  # a stock torch DataLoader over the dataset's micro-batches
+        import torch
+
+        ds.batch_size = b
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg["num_workers"])
+        state_of = lambda: None  # noqa: E731 - the dataset's own state is per worker: not compared
+        result["world"] = vars(ds.resolved_world())
+        result["len"] = ds.steps_per_epoch()
+    else:
+        loader = fastdata.DataLoader(ds, batch_size=b, num_workers=cfg["num_workers"],
+                                     backend=cfg["backend"])
+        state_of = loader.state_dict
+        result["world"] = vars(loader.world)
+        result["len"] = len(loader)
     if cfg["resume"]:
         with open(cfg["resume"], encoding="utf-8") as f:
             checkpoint = json.load(f)
         loader.load_state_dict(checkpoint["loader"])
-        result["loaded_state"] = loader.state_dict()
+        result["loaded_state"] = state_of()
     pause = cfg["sleep"] * (3 if rank == cfg["slow_rank"] else 1)
     epochs = []
     for e in range(cfg["epochs"]):
@@ -122,22 +137,22 @@ def run_epochs(cfg: dict, rank: int, world_size: int, result: dict) -> None:
             local.append(batch["sample_ids"].tolist())
             if cfg["pg"]:
                 gathered.append(gather_ids(batch["sample_ids"], world_size, cfg["collective_timeout"]))
-            states.append(loader.state_dict())
+            states.append(state_of())
             if pause:
                 time.sleep(pause)
             if e == 0 and len(local) == cfg["save_step"]:
                 if rank == 0:
                     seen = gathered if cfg["pg"] else local
                     write_json(os.path.join(cfg["out"], "checkpoint.json"),
-                               {"model": {"steps": len(local)}, "loader": loader.state_dict(),
+                               {"model": {"steps": len(local)}, "loader": state_of(),
                                 "seen": seen})
-                result["state_at_save"] = loader.state_dict()
+                result["state_at_save"] = state_of()
                 write_json(os.path.join(cfg["out"], f"saved-{rank}.json"), result["state_at_save"])
             if e == 0 and len(local) == cfg["ready_step"]:
                 write_json(os.path.join(cfg["out"], f"ready-{rank}.json"), {"local": local})
                 time.sleep(3600)  # the parent SIGKILLs us here
         epochs.append({"local": local, "gathered": gathered, "states": states,
-                       "state_after": loader.state_dict()})
+                       "state_after": state_of()})
     result["epochs"] = epochs
     if cfg["pg"]:
         import torch.distributed as dist
@@ -147,7 +162,8 @@ def run_epochs(cfg: dict, rank: int, world_size: int, result: dict) -> None:
 
 
 def explicit_world(cfg: dict, rank: int, world_size: int, result: dict) -> None:
-    """A8a: a 1-rank world configured inside a larger process group; where does it fail?"""
+    """A8a: a 1-rank world configured inside a larger process group (or, A8c, a rank whose
+    environment claims another rank's number): where does it fail?"""
     import torch
 
     import fastdata
@@ -161,7 +177,7 @@ def explicit_world(cfg: dict, rank: int, world_size: int, result: dict) -> None:
         result[name] = {"raised": None}
         return value
 
-    one = fastdata.World()
+    one = fastdata.World() if cfg["explicit_world"] else None
     attempt("construct", lambda: make_dataset(cfg, world=one))
     ds = make_dataset(cfg, world=one)
     attempt("dataloader", lambda: fastdata.DataLoader(ds, batch_size=cfg["batch_size"], num_workers=0))
@@ -188,6 +204,8 @@ def main(path: str) -> int:
 
         dist.init_process_group("gloo", init_method=f"file://{cfg['init_file']}", rank=rank,
                                 world_size=world_size, timeout=timedelta(seconds=cfg["collective_timeout"]))
+    if cfg["claim_env"]:  # the launcher's environment lies about this rank (after the group is up)
+        os.environ.update(cfg["claim_env"])
     result: dict = {"rank": rank, "world_size": world_size, "pid": os.getpid()}
     SCENARIOS[cfg["scenario"]](cfg, rank, world_size, result)
     result["log"] = records.records
