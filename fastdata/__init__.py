@@ -25,13 +25,14 @@ from fastdata.world import World
 
 if TYPE_CHECKING:
     from fastdata.loader.dataloader import DataLoader
-    from fastdata.loader.dataset import OrderOptions, TokenDataset
+    from fastdata.loader.dataset import OrderOptions, Source, TokenDataset
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "DataLoader": "fastdata.loader.dataloader",
     "OrderOptions": "fastdata.loader.dataset",
+    "Source": "fastdata.loader.dataset",
     "TokenDataset": "fastdata.loader.dataset",
 }
 
@@ -56,6 +57,7 @@ __all__ = [
     "FastdataIntegrityError",
     "FastdataStateError",
     "OrderOptions",
+    "Source",
     "TokenDataset",
     "World",
     "__version__",

@@ -209,3 +209,43 @@ def test_e6_degenerate_datasets(tmp_path):
     ids = epoch_ids(fastdata.DataLoader(ds, batch_size=2, num_workers=1))
     total = (2030 - 1) // 10
     assert sorted(ids) == sorted(set(ids)) and len(ids) == total - total % 2
+
+
+def test_blend_by_weight_is_deterministic_and_resumable(data, tmp_path):
+    from _loader import packed_dataset
+
+    other = packed_dataset(str(tmp_path / "other"), docs=150, seed=11)
+    sources = [fastdata.Source(data, weight=3), fastdata.Source(other, weight=1)]
+
+    def make():
+        ds = fastdata.TokenDataset(sources, seq_len=16, seed=4)
+        return ds, fastdata.DataLoader(ds, batch_size=8, num_workers=2)
+
+    ds, dl = make()
+    m0 = ds.spaces[0].num_samples
+    batches = list(dl)
+    assert len(batches) == ds.space.num_samples // 8
+    for b in batches:
+        ids = b["sample_ids"]
+        assert int((ids >= m0).sum()) == 2  # quota 6:2 in every batch of 8
+    tokens = [stream_tokens(data), stream_tokens(other)]
+    b = batches[3]
+    for row, i in enumerate(b["sample_ids"].tolist()):
+        src, local = (0, i) if i < m0 else (1, i - m0)
+        assert b["input_ids"][row].tolist() == tokens[src][local * 16 : local * 16 + 16].tolist()
+    # the small source is upsampled: its samples repeat, each source epoch exactly once
+    small = [i for bb in batches for i in bb["sample_ids"].tolist() if i >= m0]
+    per_epoch = ds.spaces[1].num_samples - ds.spaces[1].num_samples % 2
+    assert len(small) > per_epoch and len(set(small[:per_epoch])) == per_epoch
+    # resume in the middle gives the rest exactly; other weights are refused
+    _, dl2 = make()
+    it = iter(dl2)
+    before = [next(it)["sample_ids"].tolist() for _ in range(5)]
+    state = dl2.state_dict()
+    _, dl3 = make()
+    dl3.load_state_dict(state)
+    assert before + [x["sample_ids"].tolist() for x in dl3] == [x["sample_ids"].tolist() for x in batches]
+    reweighted = fastdata.TokenDataset([fastdata.Source(data, 1), fastdata.Source(other, 1)], seq_len=16,
+                                       seed=4)
+    with pytest.raises(fastdata.FastdataStateError, match="'dataset'"):
+        fastdata.DataLoader(reweighted, batch_size=8).load_state_dict(state)

@@ -26,10 +26,19 @@ from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.format.reader import permute
 from fastdata.loader.batch import BatchAssembler, SampleConfig
 from fastdata.loader.state import StreamState, check_identity, identity_of, parse_state
+from fastdata.sampling.blend import BlendOrder
 from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace, Stripe, document_space, packed_space
 from fastdata.world import World
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset of a blend. Without weights, sources are weighted by their sample counts."""
+
+    url: str
+    weight: float | None = None
 
 
 @dataclass(frozen=True)
@@ -61,39 +70,46 @@ class TokenDataset(IterableDataset):
     """
 
     def __init__(  # noqa: PLR0913 - the documented user-facing constructor
-        self, source: str, *, seq_len: int, shuffle: bool = True, seed: int = 0,
+        self, source: str | Source | Sequence[Source], *, seq_len: int, shuffle: bool = True, seed: int = 0,
         batch_size: int | None = None, sampling: Mapping[str, Any] | None = None,
         order: OrderOptions | None = None, world: World | None = None,
         storage_options: Mapping[str, Any] | None = None, cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.source = source
-        self.data: Dataset = open_dataset(source, storage_options=storage_options, cache_dir=cache_dir)
         self.samples = SampleConfig(seq_len=seq_len, **dict(sampling or {}))
-        self.space: SampleSpace = self._space()
-        if self.space.num_samples == 0:
-            raise FastdataConfigError(
-                f"{self.data.store.display} gives no sample of {seq_len + 1} tokens "
-                f"({self.data.num_tokens} tokens, {self.data.num_docs} documents); use a shorter "
-                "seq_len or more data")
+        self.sources = _as_sources(source)
+        self.datasets: list[Dataset] = [
+            open_dataset(s.url, storage_options=storage_options, cache_dir=cache_dir) for s in self.sources]
+        self.spaces = [self._space(d) for d in self.datasets]
+        for d, space in zip(self.datasets, self.spaces):
+            if space.num_samples == 0:
+                raise FastdataConfigError(
+                    f"{d.store.display} gives no sample of {seq_len + 1} tokens "
+                    f"({d.num_tokens} tokens, {d.num_docs} documents); use a shorter "
+                    "seq_len or more data")
+        self.data = self.datasets[0]
+        self.space = self.spaces[0] if len(self.spaces) == 1 else _concat(self.spaces)
+        self.weights = _weights(self.sources, self.spaces)
+        if self.weights is not None and self.samples.doc_ids:
+            raise FastdataConfigError("doc_ids / cu_seqlens are not available for blends of sources")
         self.shuffle, self.seed = shuffle, seed
         self.order_options = order or OrderOptions()
         if batch_size is not None and batch_size < 1:
             raise FastdataConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.world = world
-        self._assembler: BatchAssembler | None = None
-        self._orders: dict[tuple[int, int], EpochOrder] = {}
-        self._epoch = 0
+        self._assembler: BatchAssembler | _BlendAssembler | None = None
+        self._orders: dict[tuple[int, int], EpochOrder | BlendOrder] = {}
         self._pending: StreamState | None = None
         self._position: tuple[int, int] = (0, 0)  # (epoch, next step) as yielded in-process
 
     def __repr__(self) -> str:
-        return (f"TokenDataset({self.data.store.display!r}, seq_len={self.samples.seq_len}, "
+        where = ", ".join(repr(d.store.display) for d in self.datasets)
+        return (f"TokenDataset({where}, seq_len={self.samples.seq_len}, "
                 f"mode={self.samples.mode!r}, samples={self.space.num_samples}, seed={self.seed})")
 
-    def _space(self) -> SampleSpace:
-        shards = self.data.shards
+    def _space(self, data: Dataset) -> SampleSpace:
+        shards = data.shards
         if self.samples.mode == "packed":
             return packed_space(np.array([s.tokens for s in shards], dtype=np.int64), self.samples.seq_len)
         return document_space(np.array([s.docs for s in shards], dtype=np.int64))
@@ -111,14 +127,17 @@ class TokenDataset(IterableDataset):
         return OrderConfig(global_batch=g, partitions=o.partitions or g, seed=self.seed,
                            shuffle=self.shuffle, window=o.window, drop_last=o.drop_last)
 
-    def epoch_order(self, epoch: int, world: World) -> EpochOrder:
+    def epoch_order(self, epoch: int, world: World) -> EpochOrder | BlendOrder:
         config = self.order_config(world)
         key = (epoch, config.global_batch)
         order = self._orders.get(key)
         if order is None:
-            self._orders = {key: EpochOrder(self.space, config, epoch, self.data.manifest.fingerprint,
-                                            permute=permute)}
-            order = self._orders[key]
+            fingerprints = [d.manifest.fingerprint for d in self.datasets]
+            if self.weights is None:
+                order = EpochOrder(self.space, config, epoch, fingerprints[0], permute=permute)
+            else:
+                order = BlendOrder(self.spaces, self.weights, config, epoch, fingerprints, permute)
+            self._orders = {key: order}
             if config.partitions % world.num_nodes:
                 log.warning("%d partitions do not divide among %d nodes: nodes will share shards",
                             config.partitions, world.num_nodes)
@@ -126,16 +145,21 @@ class TokenDataset(IterableDataset):
 
     def identity(self, world: World) -> dict[str, Any]:
         c = self.order_config(world)
-        return identity_of(dataset=self.data.manifest.fingerprint, seq_len=self.samples.seq_len,
+        dataset = self.data.manifest.fingerprint
+        if self.weights is not None:
+            dataset = "+".join(f"{d.manifest.fingerprint}*{w:g}" for d, w in zip(self.datasets, self.weights))
+        return identity_of(dataset=dataset, seq_len=self.samples.seq_len,
                            mode=self.samples.mode, seed=c.seed, shuffle=c.shuffle, window=c.window,
                            global_batch=c.global_batch, partitions=c.partitions, drop_last=c.drop_last)
 
     def steps_per_epoch(self, world: World | None = None) -> int:
         return self.epoch_order(0, world or self.resolved_world()).num_steps
 
-    def assembler(self) -> BatchAssembler:
+    def assembler(self) -> BatchAssembler | _BlendAssembler:
         if self._assembler is None:
-            self._assembler = BatchAssembler(self.data, self.samples)
+            parts = [BatchAssembler(d, self.samples) for d in self.datasets]
+            offsets = np.concatenate([[0], np.cumsum([s.num_samples for s in self.spaces])])
+            self._assembler = parts[0] if len(parts) == 1 else _BlendAssembler(parts, offsets)
         return self._assembler
 
     def batch(self, order: EpochOrder, stripe: Stripe, step: int) -> dict[str, np.ndarray]:
@@ -231,3 +255,53 @@ class TokenDataset(IterableDataset):
                     yield batch
         first_next = worker if num_workers > 1 else 0
         self._position = (epoch + 1, first_next)
+
+
+def _as_sources(source: str | Source | Sequence[Source]) -> list[Source]:
+    if isinstance(source, str):
+        return [Source(source)]
+    if isinstance(source, Source):
+        return [source]
+    sources = [Source(s) if isinstance(s, str) else s for s in source]
+    if not sources or not all(isinstance(s, Source) for s in sources):
+        raise FastdataConfigError("source must be a path/URL, a fastdata.Source or a list of them")
+    return sources
+
+
+def _weights(sources: Sequence[Source], spaces: Sequence[SampleSpace]) -> list[float] | None:
+    """Blend weights, or None for a single source."""
+    if len(sources) == 1:
+        return None
+    given = [s.weight for s in sources]
+    if all(w is None for w in given):
+        return [float(space.num_samples) for space in spaces]
+    if any(w is None for w in given):
+        raise FastdataConfigError("give every source a weight, or none of them")
+    return [float(w) for w in given]  # type: ignore[arg-type]
+
+
+def _concat(spaces: Sequence[SampleSpace]) -> SampleSpace:
+    """The spaces one after the other (global ids of a blend)."""
+    offsets = np.cumsum([0] + [s.num_samples for s in spaces])
+    parts = [spaces[0].first] + [s.first[1:] + o for s, o in zip(spaces[1:], offsets[1:])]
+    return SampleSpace(np.concatenate(parts))
+
+
+class _BlendAssembler:
+    """Assembles rows of several sources; global id = offsets[source] + local id."""
+
+    def __init__(self, parts: Sequence[BatchAssembler], offsets: np.ndarray) -> None:
+        self.parts, self.offsets = parts, offsets
+
+    def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        source = np.maximum(np.searchsorted(self.offsets, ids, side="right") - 1, 0)
+        out: dict[str, np.ndarray] = {}
+        for s in np.unique(source):
+            rows = np.flatnonzero(source == s)
+            local = np.where(ids[rows] >= 0, ids[rows] - self.offsets[s], -1)
+            for key, value in self.parts[int(s)](local).items():
+                if key not in out:
+                    out[key] = np.empty((len(ids),) + value.shape[1:], dtype=value.dtype)
+                out[key][rows] = value
+        out["sample_ids"] = ids.astype(np.int64)
+        return out
