@@ -37,10 +37,21 @@ SAVE_STEP = 9  # B3/B4: the checkpoint is taken after this many steps
 # ---------------------------------------------------------------------------------- helpers
 
 
+JOBS: list[Job] = []  # every job started, so that none outlives a failed or timed-out test
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kill_leftover_jobs():
+    yield
+    for job in JOBS:
+        job.kill()
+
+
 class Job:
     """The ranks of one fake training job: ``nodes`` × ``per_node`` child processes."""
 
     def __init__(self, tmp: Path, nodes: int, per_node: int, **cfg) -> None:
+        JOBS.append(self)
         self.dir = tmp
         self.dir.mkdir(parents=True, exist_ok=True)
         self.world_size = nodes * per_node
