@@ -23,7 +23,7 @@ from fastdata.atomic import sweep_stale_temps, temp_name
 from fastdata.errors import FastdataError, FastdataFormatError, FastdataIntegrityError
 from fastdata.format.compression import decompress_shard
 from fastdata.format.hashing import hash_file
-from fastdata.format.manifest import Manifest, ShardInfo, TokenizerInfo, parse_manifest
+from fastdata.format.manifest import Manifest, ShardInfo, ShardTable, TokenizerInfo, parse_manifest
 from fastdata.format.reader import ShardView, gather, open_shard
 from fastdata.format.spec import DTYPE_CODES, DTYPES, MANIFEST_NAME
 from fastdata.storage.remote import Store
@@ -42,7 +42,7 @@ def load_manifest(store: Store) -> Manifest:
         raise FastdataFormatError(
             f"{where} does not exist: not a fastdata dataset, or its pack has not finished"
         )
-    return parse_manifest(store.read_bytes(MANIFEST_NAME), where)
+    return parse_manifest(store.read_bytes(MANIFEST_NAME), where, read_table=store.map_bytes)
 
 
 class _LocalCopies:
@@ -118,8 +118,8 @@ class Dataset:
     def __init__(self, store: Store, manifest: Manifest, cache_dir: str | None = None) -> None:
         self.store = store
         self.manifest = manifest
-        docs = np.array([s.docs for s in manifest.shards], dtype=np.int64)
-        toks = np.array([s.tokens for s in manifest.shards], dtype=np.int64)
+        docs = manifest.shards.column("docs")
+        toks = manifest.shards.column("tokens")
         self._doc_starts = np.concatenate([[0], np.cumsum(docs)])
         self._token_starts = np.concatenate([[0], np.cumsum(toks)])
         self._views: OrderedDict[int, ShardView] = OrderedDict()
@@ -132,7 +132,7 @@ class Dataset:
                 f"tokens={self.num_tokens})")
 
     @property
-    def shards(self) -> tuple[ShardInfo, ...]:
+    def shards(self) -> ShardTable:
         return self.manifest.shards
 
     @property

@@ -16,6 +16,12 @@ from dataclasses import dataclass, replace
 from fastdata.errors import FastdataConfigError
 
 log = logging.getLogger(__name__)
+_warned = False
+
+
+def _warn_once() -> None:
+    global _warned
+    _warned = True
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,8 @@ class World:
                     f"configured with rank {world.rank} of {world.world_size}; pass world=None to "
                     "take the process group's view, or fix the launcher's environment"
                 )
-        elif explicit is None and world.world_size > 1:
+        elif explicit is None and world.world_size > 1 and not _warned:
+            _warn_once()
             log.warning("WORLD_SIZE=%d but no torch.distributed process group is initialised; "
                         "using the environment's rank %d", world.world_size, world.rank)
         return world

@@ -131,6 +131,8 @@ def run_epochs(cfg: dict, rank: int, world_size: int, result: dict) -> None:
     epochs = []
     for e in range(cfg["epochs"]):
         local, gathered, states = [], [], []
+        if cfg["backend"] == "stock" and e > 0:
+            ds.set_epoch(e)  # as with DistributedSampler: the stock loader's workers are copies
         for batch in loader:
             if cfg["check_data"]:
                 check_batch(ds, batch, b, cfg["seq_len"])
@@ -179,9 +181,19 @@ def explicit_world(cfg: dict, rank: int, world_size: int, result: dict) -> None:
 
     one = fastdata.World() if cfg["explicit_world"] else None
     attempt("construct", lambda: make_dataset(cfg, world=one))
-    ds = make_dataset(cfg, world=one)
+
+    def unchecked():  # the same wrong world, set after construction: later guards must hold too
+        import torch.distributed as dist
+
+        true = fastdata.World(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                              local_rank=dist.get_rank() % 2, ranks_per_node=2)
+        ds = make_dataset(cfg, world=true)
+        ds.world = one
+        return ds
+
+    ds = unchecked()
     attempt("dataloader", lambda: fastdata.DataLoader(ds, batch_size=cfg["batch_size"], num_workers=0))
-    ds = make_dataset(cfg, world=one)
+    ds = unchecked()
     ds.batch_size = cfg["batch_size"]
     stock = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0)
     result["stock_ids"] = []

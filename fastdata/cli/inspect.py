@@ -61,8 +61,8 @@ def histogram(lengths: np.ndarray, width: int = 40) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     with open_dataset(args.url) as ds:
         m, t = ds.manifest, ds.tokenizer
-        stored = sum(s.stored_bytes for s in m.shards)
-        raw = sum(s.raw_bytes for s in m.shards)
+        stored = int(m.shards.column("stored_bytes").sum())
+        raw = int(m.shards.column("raw_bytes").sum())
         print(f"dataset     {ds.store.display}")
         print(f"fingerprint {m.fingerprint}")
         print(f"shards      {len(m.shards):,} ({format_size(stored)} stored, {format_size(raw)} raw, "

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         line.done()
     m, p = result.manifest, result.progress
     t = max(p.elapsed, 1e-9)
-    stored = sum(s.stored_bytes for s in m.shards)
+    stored = int(m.shards.column("stored_bytes").sum())
     resumed = f" (resumed after {p.resumed_shards} finished shards)" if p.resumed_shards else ""
     print(f"packed {m.num_docs:,} documents, {m.num_tokens:,} tokens into {len(m.shards)} shards "
           f"({format_size(stored)}, {m.dtype}) at {args.output}{resumed}")

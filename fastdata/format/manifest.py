@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import xxhash
 
 from fastdata.errors import FastdataFormatError
+from fastdata.format import shard_table
+from fastdata.format.shard_table import RECORD, TABLE_NAME, ShardInfo, ShardTable
 from fastdata.format.spec import DTYPE_CODES, MANIFEST_NAME, RAW_SUFFIX, VERSION, ZSTD_SUFFIX
 
 _HEX128 = re.compile(r"^[0-9a-f]{32}$")
@@ -39,23 +42,6 @@ class TokenizerInfo:
 
 
 @dataclass(frozen=True)
-class ShardInfo:
-    """One shard as recorded in the manifest."""
-
-    name: str
-    stored_bytes: int
-    raw_bytes: int
-    docs: int
-    tokens: int
-    xxh3_128: str
-    raw_xxh3_128: str
-
-    @property
-    def compressed(self) -> bool:
-        return self.name.endswith(ZSTD_SUFFIX)
-
-
-@dataclass(frozen=True)
 class Manifest:
     """A parsed, validated manifest."""
 
@@ -63,30 +49,48 @@ class Manifest:
     has_loss_mask: bool
     compression: str | None
     tokenizer: TokenizerInfo
-    shards: tuple[ShardInfo, ...]
+    shards: ShardTable
     provenance: Mapping[str, Any] = field(default_factory=dict)
     complete: bool = True
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.shards, ShardTable):
+            table = ShardTable.from_infos(list(self.shards), self.compression == "zstd")
+            object.__setattr__(self, "shards", table)
+
     @property
     def num_docs(self) -> int:
-        return sum(s.docs for s in self.shards)
+        return int(self.shards.column("docs").sum())
 
     @property
     def num_tokens(self) -> int:
-        return sum(s.tokens for s in self.shards)
+        return int(self.shards.column("tokens").sum())
 
     @property
     def fingerprint(self) -> str:
-        """The dataset's identity: xxh3-128 over format, dtype, tokenizer and shard hashes."""
+        """The dataset's identity: xxh3-128 over format, dtype, tokenizer and the shards'
+        content hashes in order (not their names: moving a dataset keeps its identity)."""
         h = xxhash.xxh3_128()
-        h.update(f"fastdata/{VERSION}/{self.dtype}/{int(self.has_loss_mask)}/".encode())
+        h.update(f"fastdata/{VERSION}/{self.dtype}/{int(self.has_loss_mask)}/{len(self.shards)}/".encode())
         h.update(self.tokenizer.fingerprint.encode())
-        for s in self.shards:
-            h.update(f"\0{s.name}\0{s.xxh3_128}\0{s.raw_xxh3_128}".encode())
+        h.update(self.shards.records["xxh3_128"].tobytes())
+        h.update(self.shards.records["raw_xxh3_128"].tobytes())
         return h.hexdigest()
 
-    def to_json(self) -> str:
+    def serialize(self, inline_limit: int | None = None) -> tuple[str, bytes | None]:
+        """Manifest JSON, plus the binary shard table when there are more than
+        ``inline_limit`` shards (default ``INLINE_LIMIT``; written as ``shards.bin`` first)."""
+        limit = shard_table.INLINE_LIMIT if inline_limit is None else inline_limit
+        if len(self.shards) <= limit:
+            return self.to_json(), None
+        table = self.shards.records.tobytes()
+        ref = {"name": TABLE_NAME, "count": len(self.shards), "bytes": len(table),
+               "xxh3_128": xxhash.xxh3_128_hexdigest(table)}
+        return self.to_json(table=ref), table
+
+    def to_json(self, table: Mapping[str, Any] | None = None) -> str:
         """Serialise deterministically (sorted keys, fixed separators, trailing newline)."""
+        shards = self.shards
         doc = {
             "format": "fastdata",
             "format_version": VERSION,
@@ -95,17 +99,20 @@ class Manifest:
             "has_loss_mask": self.has_loss_mask,
             "compression": self.compression,
             "tokenizer": asdict(self.tokenizer),
-            "shards": [asdict(s) for s in self.shards],
             "totals": {
-                "shards": len(self.shards),
+                "shards": len(shards),
                 "docs": self.num_docs,
                 "tokens": self.num_tokens,
-                "stored_bytes": sum(s.stored_bytes for s in self.shards),
-                "raw_bytes": sum(s.raw_bytes for s in self.shards),
+                "stored_bytes": int(shards.column("stored_bytes").sum()),
+                "raw_bytes": int(shards.column("raw_bytes").sum()),
             },
             "fingerprint": self.fingerprint,
             "provenance": dict(self.provenance),
         }
+        if table is None:
+            doc["shards"] = [asdict(s) for s in shards]
+        else:
+            doc["shard_table"] = dict(table)
         return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=True) + "\n"
 
 
@@ -182,7 +189,7 @@ def _parse_tokenizer(obj: object, where: str) -> TokenizerInfo:
     )
 
 
-def _parse_shards(entries: object, where: str) -> tuple[ShardInfo, ...]:
+def _parse_shards(entries: object, where: str) -> list[ShardInfo]:
     if not isinstance(entries, list):
         raise FastdataFormatError(f"{where}: field 'shards' must be a list")
     seen: set[str] = set()
@@ -206,11 +213,19 @@ def _parse_shards(entries: object, where: str) -> tuple[ShardInfo, ...]:
                 raw_xxh3_128=_digest(entry, "raw_xxh3_128", here),
             )
         )
-    return tuple(shards)
+    return shards
 
 
-def parse_manifest(text: str | bytes, source: str, *, allow_incomplete: bool = False) -> Manifest:
+def parse_manifest(text: str | bytes, source: str, *, allow_incomplete: bool = False,
+                   read_table: Callable[[str], Any] | None = None) -> Manifest:
     """Parse and validate manifest JSON read from ``source`` (used in messages).
+
+    Args:
+        text: the manifest JSON.
+        source: where it came from, for messages.
+        allow_incomplete: accept ``"complete": false`` (pack's own bookkeeping).
+        read_table: reads the binary shard table named by a large manifest (bytes or a
+            memory map); required for such manifests.
 
     Raises:
         FastdataFormatError: the JSON is invalid, a field is missing or wrong, a shard
@@ -251,7 +266,7 @@ def parse_manifest(text: str | bytes, source: str, *, allow_incomplete: bool = F
         has_loss_mask=_require(doc, "has_loss_mask", bool, source),
         compression=compression,
         tokenizer=_parse_tokenizer(doc.get("tokenizer"), source),
-        shards=_parse_shards(doc.get("shards"), source),
+        shards=_shard_table(doc, source, compression == "zstd", read_table),
         provenance=doc.get("provenance") or {},
         complete=complete,
     )
@@ -259,15 +274,50 @@ def parse_manifest(text: str | bytes, source: str, *, allow_incomplete: bool = F
     return manifest
 
 
+def _shard_table(doc: Mapping[str, Any], source: str, compressed: bool,
+                 read_table: Callable[[str], Any] | None) -> ShardTable:
+    ref = doc.get("shard_table")
+    if ref is None:
+        return ShardTable.from_infos(_parse_shards(doc.get("shards"), source), compressed)
+    where = f"{source}: shard_table"
+    if not isinstance(ref, dict):
+        raise FastdataFormatError(f"{where} must be an object")
+    name = _require(ref, "name", str, where)
+    if name != TABLE_NAME:
+        raise FastdataFormatError(f"{where}: field 'name' must be {TABLE_NAME!r}, got {name!r}")
+    count, size = _count(ref, "count", where), _count(ref, "bytes", where)
+    digest = _digest(ref, "xxh3_128", where)
+    if size != count * RECORD.itemsize:
+        raise FastdataFormatError(f"{where}: {count} shards need {count * RECORD.itemsize} bytes, "
+                                  f"field 'bytes' says {size}")
+    if read_table is None:
+        raise FastdataFormatError(f"{where}: this manifest keeps its shards in {name}; read it "
+                                  "with fastdata.open_dataset")
+    data = read_table(name)
+    if len(data) != size:
+        raise FastdataFormatError(f"{where}: {name} has {len(data)} bytes, expected {size}")
+    actual = xxhash.xxh3_128_hexdigest(memoryview(data))
+    if actual != digest:
+        raise FastdataFormatError(f"{where}: {name} hashes to {actual}, the manifest says {digest}")
+    return ShardTable(np.frombuffer(data, dtype=RECORD), None, compressed)
+
+
 def _check_consistency(manifest: Manifest, doc: Mapping[str, Any], source: str) -> None:
-    for s in manifest.shards:
-        if s.compressed != (manifest.compression == "zstd"):
+    table = manifest.shards
+    compressed = manifest.compression == "zstd"
+    if not table.uses_pattern:
+        for i in range(len(table)):
+            if table.name(i).endswith(ZSTD_SUFFIX) != compressed:
+                raise FastdataFormatError(
+                    f"{source}: shard {table.name(i)!r} does not match compression {manifest.compression!r}"
+                )
+    if not compressed:
+        r = table.records
+        bad = np.flatnonzero((r["stored_bytes"] != r["raw_bytes"]) | (r["xxh3_128"] != r["raw_xxh3_128"]))
+        if len(bad):
             raise FastdataFormatError(
-                f"{source}: shard {s.name!r} does not match compression {manifest.compression!r}"
-            )
-        if not s.compressed and (s.stored_bytes != s.raw_bytes or s.xxh3_128 != s.raw_xxh3_128):
-            raise FastdataFormatError(
-                f"{source}: uncompressed shard {s.name!r} has different stored and raw size/hash"
+                f"{source}: uncompressed shard {table.name(int(bad[0]))!r} has different stored and "
+                "raw size/hash"
             )
     recorded = doc.get("fingerprint")
     if recorded is not None and recorded != manifest.fingerprint:
@@ -277,10 +327,5 @@ def _check_consistency(manifest: Manifest, doc: Mapping[str, Any], source: str) 
         )
 
 
-def shard_table(shards: Sequence[ShardInfo]) -> dict[str, list[int]]:
-    """Columns of per-shard counts, handy for numpy."""
-    return {
-        "docs": [s.docs for s in shards],
-        "tokens": [s.tokens for s in shards],
-        "raw_bytes": [s.raw_bytes for s in shards],
-    }
+__all__ = ["Manifest", "ShardInfo", "ShardTable", "TokenizerInfo", "parse_manifest",
+           "validate_shard_name"]

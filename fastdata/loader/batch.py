@@ -53,8 +53,8 @@ class BatchAssembler:
     def __init__(self, data: Dataset, config: SampleConfig) -> None:
         self.data, self.config = data, config
         shards = data.shards
-        self.token_starts = np.concatenate([[0], np.cumsum([s.tokens for s in shards])]).astype(np.int64)
-        self.doc_starts = np.concatenate([[0], np.cumsum([s.docs for s in shards])]).astype(np.int64)
+        self.token_starts = np.concatenate([[0], np.cumsum(shards.column("tokens"))]).astype(np.int64)
+        self.doc_starts = np.concatenate([[0], np.cumsum(shards.column("docs"))]).astype(np.int64)
         self.has_mask = data.manifest.has_loss_mask
         eos = data.tokenizer.eos_id
         self.pad_id = config.pad_id if config.pad_id is not None else (eos if eos is not None else 0)

@@ -172,15 +172,14 @@ class DataLoader:
 
     def _threaded(self, order: EpochOrder, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         stripe = Stripe.of(order.config.global_batch, self.world.rank, self.world.world_size)
-        size = self._chunk_steps()
-        chunks = iter([range(s, min(s + size, order.num_steps)) for s in range(start, order.num_steps, size)])
+        chunks = _chunks(start, order.num_steps, self._chunk_steps())
         if self.num_workers == 0:
             for steps in chunks:
                 yield from zip(steps, self._make(order, stripe, steps))
             return
         pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="fastdata-loader")
         window: deque[tuple[range, Future[list[dict[str, torch.Tensor]]]]] = deque()
-        in_flight = max(2, -(-self.prefetch // size))
+        in_flight = max(2, -(-self.prefetch // self._chunk_steps()))
         try:
             for steps in chunks:
                 window.append((steps, pool.submit(self._make, order, stripe, steps)))
@@ -206,3 +205,13 @@ class DataLoader:
         )
         # the worker processes are shut down when this generator (and its iterator) is dropped
         yield from loader
+
+
+def _chunks(start: int, stop: int, largest: int) -> Iterator[range]:
+    """Steps ``[start, stop)`` in chunks of 1, 2, 4, ... up to ``largest`` steps: the first
+    batch needs only its own shards, later ones are read in bulk."""
+    size, s = 1, start
+    while s < stop:
+        yield range(s, min(s + size, stop))
+        s += size
+        size = min(size * 2, largest)

@@ -97,6 +97,7 @@ class TokenDataset(IterableDataset):
         if batch_size is not None and batch_size < 1:
             raise FastdataConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
+        World.detect(world)  # fail now if the configured world contradicts the process group
         self.world = world
         self._assembler: BatchAssembler | _BlendAssembler | None = None
         self._orders: dict[tuple[int, int], EpochOrder | BlendOrder] = {}
@@ -111,8 +112,8 @@ class TokenDataset(IterableDataset):
     def _space(self, data: Dataset) -> SampleSpace:
         shards = data.shards
         if self.samples.mode == "packed":
-            return packed_space(np.array([s.tokens for s in shards], dtype=np.int64), self.samples.seq_len)
-        return document_space(np.array([s.docs for s in shards], dtype=np.int64))
+            return packed_space(shards.column("tokens"), self.samples.seq_len)
+        return document_space(shards.column("docs"))
 
     # ------------------------------------------------------------------ order
 
@@ -179,10 +180,15 @@ class TokenDataset(IterableDataset):
     # ------------------------------------------------------------------ epochs and state
 
     def set_epoch(self, epoch: int) -> None:
-        """Start the next iteration at ``epoch`` (as with DistributedSampler)."""
+        """Start the next iteration at ``epoch`` (as with DistributedSampler).
+
+        With a stock ``torch.utils.data.DataLoader`` and worker processes, call it before every
+        epoch: the workers iterate copies of the dataset, so the epoch (and a loaded state,
+        which holds until ``set_epoch``) cannot move on by themselves.
+        """
         if epoch < 0:
             raise FastdataConfigError(f"epoch must be >= 0, got {epoch}")
-        self._epoch = epoch
+        self._pending = None
         self._position = (epoch, 0)
 
     def state_dict(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from fastdata.errors import (
 )
 from fastdata.format.compression import compress_shard
 from fastdata.format.manifest import Manifest, ShardInfo, parse_manifest
+from fastdata.format.shard_table import TABLE_NAME
 from fastdata.format.spec import DTYPE_CODES, DTYPES, MANIFEST_NAME, dtype_for_vocab
 from fastdata.format.writer import write_shard
 from fastdata.pack.encode import EncodeOptions, TaskResult, encode_task
@@ -218,6 +219,7 @@ class _Journal:
         self.store, self.job, self.progress = store, job, progress
         self.shards: list[ShardInfo] = []
         self.position = (0, 0)
+        self._written = 0
 
     def load(self) -> None:
         """Pick up an earlier run of the same job, if its shards are all still there."""
@@ -241,7 +243,7 @@ class _Journal:
             log.warning("shard %s of the unfinished pack is missing or damaged; packing from the "
                         "start", self.store.describe(missing[0]))
             return
-        self.shards, self.position = shards, position
+        self.shards, self.position, self._written = shards, position, len(shards)
         self.progress.skipped.update(doc.get("skipped", {}))
         self.progress.resumed_shards = len(shards)
         self._count(shards)
@@ -251,9 +253,16 @@ class _Journal:
         self.progress.stored_bytes += sum(s.stored_bytes for s in shards)
 
     def record(self, info: ShardInfo, position: tuple[int, int]) -> None:
+        """Note a published shard. The journal is rewritten after the first 64 shards and then
+        after every ~1/64 more, so its cost stays O(n log n) bytes; a crash re-packs at most
+        that many shards, whose bytes come out the same."""
         self.shards.append(info)
-        self.position = position
         self._count([info])
+        n = len(self.shards)
+        if n - self._written < max(1, n // 64):
+            return
+        self._written = n
+        self.position = position
         doc = {"job": self.job, "shards": [asdict(s) for s in self.shards],
                "next_task": position[0], "next_doc": position[1],
                "skipped": dict(self.progress.skipped)}
@@ -320,12 +329,12 @@ def _check_output(store: Store, overwrite: bool) -> None:
         )
     try:
         old = parse_manifest(store.read_bytes(MANIFEST_NAME), store.describe(MANIFEST_NAME),
-                             allow_incomplete=True)
+                             allow_incomplete=True, read_table=store.read_bytes)
         old_names = [s.name for s in old.shards]
     except FastdataFormatError:
         old_names = []
     store.remove(MANIFEST_NAME)  # first, so that no reader sees a manifest with missing shards
-    for name in old_names:
+    for name in [*old_names, TABLE_NAME]:
         store.remove(name)
 
 
@@ -402,6 +411,9 @@ def _finish(store: Store, journal: _Journal, tok: Any, dtype: str, config: PackC
         tokenizer=tok.info, shards=tuple(journal.shards),
         provenance={"fastdata_version": __version__, **provenance},
     )
-    store.write_bytes(MANIFEST_NAME, manifest.to_json().encode())
+    text, table = manifest.serialize()
+    if table is not None:
+        store.write_bytes(TABLE_NAME, table)
+    store.write_bytes(MANIFEST_NAME, text.encode())
     store.remove(JOURNAL_NAME)
     return manifest

@@ -110,6 +110,17 @@ class Store:
                     return f.read()
             return bytes(self._fs.cat_file(self.path(name)))
 
+    def map_bytes(self, name: str) -> bytes | memoryview:
+        """The bytes of ``name``: memory-mapped (read-only) when local, else read."""
+        if not self.local:
+            return self.read_bytes(name)
+        import mmap
+
+        with self._guard("mapping", name), open(self.path(name), "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return b""
+            return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+
     def write_bytes(self, name: str, data: bytes) -> None:
         """Replace ``name`` with ``data`` atomically (temp + rename locally; one PUT remotely)."""
         with self._guard("writing", name):
