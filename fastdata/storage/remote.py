@@ -50,11 +50,13 @@ class Store:
         else:
             import fsspec  # the one place fastdata touches fsspec
 
+            options = _with_defaults(urlsplit(url).scheme, storage_options or {})
             try:
-                self._fs, self._root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+                self._fs, self._root = fsspec.core.url_to_fs(url, **options)
             except (ImportError, ValueError) as e:
-                raise FastdataConfigError(f"cannot open {self.display}: {e}") from None
+                raise FastdataConfigError(f"cannot open {self.display}: {redact(str(e))}") from None
             self._root = self._root.rstrip("/")
+            _own_the_retries(self._fs)
 
     def __repr__(self) -> str:
         return f"Store({self.display!r})"
@@ -109,6 +111,23 @@ class Store:
                 with open(self.path(name), "rb") as f:
                     return f.read()
             return bytes(self._fs.cat_file(self.path(name)))
+
+    def read_range(self, name: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of ``name`` (one ranged GET remotely). Errors are raised as
+        the backend raises them, for the caller's retry policy to classify."""
+        if self.local:
+            with open(self.path(name), "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        return bytes(self._fs.cat_file(self.path(name), start=start, end=end))
+
+    def etag(self, name: str) -> str | None:
+        """The object's ETag (None for local files or backends without one)."""
+        if self.local:
+            return None
+        info = self._fs.info(self.path(name))
+        value = info.get("etag") or info.get("ETag")
+        return str(value) if value is not None else None
 
     def map_bytes(self, name: str) -> bytes | memoryview:
         """The bytes of ``name``: memory-mapped (read-only) when local, else read."""
@@ -168,3 +187,26 @@ class Store:
                     self._fs.rm_file(self.path(name))
             except FileNotFoundError:
                 pass
+
+
+#: Per-request timeouts for Azure (adlfs) when the caller sets none, in seconds.
+AZURE_TIMEOUTS = {"connection_timeout": 10, "read_timeout": 30}
+
+
+def _with_defaults(scheme: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(options)
+    if scheme in ("az", "abfs", "abfss"):
+        for key, value in AZURE_TIMEOUTS.items():
+            out.setdefault(key, value)
+        out.setdefault("skip_instance_cache", True)
+    return out
+
+
+def _own_the_retries(fs: Any) -> None:
+    """Switch off the Azure SDK's own request retries (about 85 s of backoff before it gives
+    up on a dead server): fastdata retries above it with a bounded policy and a budget it
+    can report (``storage/download.py``)."""
+    config = getattr(getattr(fs, "service_client", None), "_config", None)
+    policy = getattr(config, "retry_policy", None)
+    if policy is not None and hasattr(policy, "total_retries"):
+        policy.total_retries = 0

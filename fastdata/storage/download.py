@@ -1,0 +1,200 @@
+"""Fetching one remote object to a local file: ranged, parallel, retried, verified.
+
+Transient faults (connection resets, timeouts, truncated bodies, 5xx, 503 with
+Retry-After) are retried with bounded exponential backoff; 400/401/403/404 fail at once.
+Large objects come down as parallel ranged reads written in place. The result is checked
+against the expected size and xxh3-128 before the caller publishes it, and the object's
+ETag is compared before and after, so an object replaced mid-download is refetched (and a
+persistent mismatch ends in :class:`FastdataIntegrityError`). Messages name the object
+with its URL's query string removed and never carry credentials.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import xxhash
+
+from fastdata._testing import pause_point
+from fastdata.errors import (
+    FastdataCacheError,
+    FastdataDownloadError,
+    FastdataError,
+    FastdataIntegrityError,
+)
+from fastdata.storage.remote import Store, redact
+
+log = logging.getLogger(__name__)
+PERMANENT_STATUS = (400, 401, 403, 404)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try. Worst case per object: attempts × (request timeout + max_backoff)."""
+
+    attempts: int = 5
+    base_backoff: float = 0.2  #: seconds before the second attempt, doubled each time
+    max_backoff: float = 5.0
+    range_bytes: int = 8 << 20  #: size of the ranged reads of large objects
+    parallel: int = 4  #: ranged reads in flight per object
+
+
+def _status(error: BaseException) -> int | None:
+    for candidate in (error, getattr(error, "response", None)):
+        for attr in ("status_code", "status"):
+            value = getattr(candidate, attr, None)
+            if isinstance(value, int):
+                return value
+    return None
+
+
+def _retry_after(error: BaseException) -> float | None:
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    try:
+        value = headers.get("Retry-After") or headers.get("retry-after")
+        return float(value) if value is not None else None
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Errors that another attempt cannot fix: missing object, no permission, bad request."""
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return True
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    status = _status(error)
+    if status is None:
+        cause = error.__cause__ or error.__context__
+        return cause is not None and cause is not error and is_permanent(cause)
+    return status in PERMANENT_STATUS
+
+
+@dataclass
+class DownloadStats:
+    attempts: int = 0
+    retries: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def _describe(error: BaseException) -> str:
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {redact(text)}" if text else type(error).__name__
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy) -> None:
+    """One attempt: every range of the object into ``fd`` (raises on any failure)."""
+    ranges = [(s, min(s + policy.range_bytes, size)) for s in range(0, size, policy.range_bytes)]
+
+    def one(bounds: tuple[int, int]) -> None:
+        start, end = bounds
+        data = store.read_range(name, start, end)
+        if len(data) != end - start:
+            raise FastdataIntegrityError(
+                f"{store.describe(name)}: range {start}-{end} returned {len(data)} bytes, "
+                f"expected {end - start}")
+        _write_at(fd, data, start)
+        pause_point("mid_download")
+
+    if len(ranges) <= 1:
+        for r in ranges:
+            one(r)
+        return
+    with ThreadPoolExecutor(min(policy.parallel, len(ranges)), thread_name_prefix="fastdata-range") as pool:
+        for future in [pool.submit(one, r) for r in ranges]:
+            future.result()
+
+
+def download(store: Store, name: str, dest: str, size: int, digest: str,
+             policy: RetryPolicy | None = None, on_retry: Callable[[int, BaseException], None] | None = None
+             ) -> DownloadStats:
+    """Fetch ``name`` into the (new, empty) local file ``dest`` and verify it.
+
+    Raises:
+        FastdataDownloadError: the object could not be read within the retry budget, or
+            the error is permanent (named with the attempt count and the last error).
+        FastdataIntegrityError: the bytes never matched the expected size and hash.
+        FastdataCacheError: the local disk is full (not retried).
+    """
+    policy = policy or RetryPolicy()
+    stats = DownloadStats()
+    started = time.monotonic()
+    last: BaseException | None = None
+    for attempt in range(1, policy.attempts + 1):
+        stats.attempts = attempt
+        try:
+            etag = store.etag(name)
+            fd = os.open(dest, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                _fetch_once(store, name, fd, size, policy)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            actual = _hash(dest)
+            if etag is not None and store.etag(name) != etag:
+                raise FastdataIntegrityError(f"{store.describe(name)} changed during the download")
+            if actual != digest:
+                raise FastdataIntegrityError(
+                    f"{store.describe(name)}: xxh3_128 is {actual}, the manifest says {digest} "
+                    "(the object is corrupt or was replaced; re-pack or re-upload it)")
+            stats.bytes, stats.seconds = size, time.monotonic() - started
+            return stats
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                free = _free_bytes(dest)
+                raise FastdataCacheError(
+                    f"no space left for {store.describe(name)} in {os.path.dirname(dest)}: needed {size} "
+                    f"bytes, {free} free") from None
+            last = e
+        except FastdataError as e:
+            last = e
+        except Exception as e:  # noqa: BLE001 - remote backends raise their own types
+            last = e
+        if is_permanent(last) or attempt == policy.attempts:
+            break
+        stats.retries += 1
+        backoff = min(policy.max_backoff, policy.base_backoff * 2 ** (attempt - 1))
+        delay = backoff * (0.5 + random.random() / 2)
+        delay = max(delay, min(_retry_after(last) or 0.0, 30.0))
+        log.warning("fetching %s failed (attempt %d of %d: %s); retrying in %.1f s", store.describe(name),
+                    attempt, policy.attempts, _describe(last), delay)
+        if on_retry is not None:
+            on_retry(attempt, last)
+        time.sleep(delay)
+    if isinstance(last, FastdataIntegrityError):
+        raise FastdataIntegrityError(f"{last} (after {stats.attempts} attempts)") from None
+    why = "not retried" if last is not None and is_permanent(last) else f"after {stats.attempts} attempts"
+    raise FastdataDownloadError(
+        f"cannot fetch {store.describe(name)} ({why}): {_describe(last) if last else 'unknown error'}"
+    ) from None
+
+
+def _hash(path: str) -> str:
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        st = os.statvfs(os.path.dirname(path) or ".")
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return -1
