@@ -9,7 +9,6 @@ node-wide cache with limits and eviction is ``TokenDataset``'s business, not thi
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import threading
 from collections import OrderedDict
@@ -19,20 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from fastdata.atomic import sweep_stale_temps, temp_name
-from fastdata.errors import FastdataError, FastdataFormatError, FastdataIntegrityError
-from fastdata.format.compression import decompress_shard
-from fastdata.format.hashing import hash_file
-from fastdata.format.manifest import Manifest, ShardInfo, ShardTable, TokenizerInfo, parse_manifest
+from fastdata.errors import FastdataError, FastdataFormatError
+from fastdata.format.manifest import Manifest, ShardTable, TokenizerInfo, parse_manifest
 from fastdata.format.reader import ShardView, gather, open_shard
 from fastdata.format.spec import DTYPE_CODES, DTYPES, MANIFEST_NAME
+from fastdata.shard_files import Release, ShardFiles, check_file
 from fastdata.storage.remote import Store
+from fastdata.units import parse_size
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> str:
-    return os.path.join(tempfile.gettempdir(), f"fastdata-{os.getuid()}")
 
 
 def load_manifest(store: Store) -> Manifest:
@@ -43,65 +37,6 @@ def load_manifest(store: Store) -> Manifest:
             f"{where} does not exist: not a fastdata dataset, or its pack has not finished"
         )
     return parse_manifest(store.read_bytes(MANIFEST_NAME), where, read_table=store.map_bytes)
-
-
-class _LocalCopies:
-    """Verified raw copies of remote or compressed shards in a local directory."""
-
-    def __init__(self, store: Store, manifest: Manifest, cache_dir: str) -> None:
-        self.store = store
-        self.dir = os.path.join(cache_dir, manifest.fingerprint)
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        sweep_stale_temps(self.dir)
-
-    def path(self, shard: ShardInfo) -> str:
-        raw_name = shard.name.removesuffix(".zst")
-        final = os.path.join(self.dir, raw_name)
-        if _size(final) == shard.raw_bytes:
-            return final
-        download = os.path.join(self.dir, temp_name(shard.name))
-        try:
-            if self.store.local:
-                download = self.store.path(shard.name)
-            else:
-                self.store.fetch(shard.name, download)
-            check_file(download, shard.stored_bytes, shard.xxh3_128, self.store.describe(shard.name))
-            if shard.compressed:
-                out = decompress_shard(download, final, shard.raw_bytes)
-                if out.xxh3_128 != shard.raw_xxh3_128:
-                    os.unlink(final)
-                    raise _mismatch(self.store.describe(shard.name) + " (decompressed)",
-                                    shard.raw_xxh3_128, out.xxh3_128)
-            else:
-                os.replace(download, final)
-        finally:
-            if not self.store.local and os.path.exists(download):
-                os.unlink(download)
-        return final
-
-
-def _size(path: str) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return None
-
-
-def _mismatch(where: str, expected: str, actual: str) -> FastdataIntegrityError:
-    return FastdataIntegrityError(
-        f"{where}: xxh3_128 is {actual}, the manifest says {expected} "
-        "(the shard is corrupt or was replaced; re-pack or re-upload it)"
-    )
-
-
-def check_file(path: str, size: int, digest: str, where: str) -> None:
-    """Raise FastdataIntegrityError unless ``path`` has ``size`` bytes hashing to ``digest``."""
-    actual_size = _size(path)
-    if actual_size != size:
-        raise FastdataIntegrityError(f"{where}: size is {actual_size} bytes, the manifest says {size}")
-    actual = hash_file(path)
-    if actual != digest:
-        raise _mismatch(where, digest, actual)
 
 
 class Dataset:
@@ -115,17 +50,17 @@ class Dataset:
     #: dropped (arrays already handed out stay valid).
     max_open_shards = 64
 
-    def __init__(self, store: Store, manifest: Manifest, cache_dir: str | None = None) -> None:
+    def __init__(self, store: Store, manifest: Manifest, cache_dir: str | None = None,
+                 cache_limit: int | None = None) -> None:
         self.store = store
         self.manifest = manifest
         docs = manifest.shards.column("docs")
         toks = manifest.shards.column("tokens")
         self._doc_starts = np.concatenate([[0], np.cumsum(docs)])
         self._token_starts = np.concatenate([[0], np.cumsum(toks)])
-        self._views: OrderedDict[int, ShardView] = OrderedDict()
+        self._views: OrderedDict[int, tuple[ShardView, Release]] = OrderedDict()
         self._lock = threading.Lock()
-        direct = store.local and manifest.compression is None
-        self._copies = None if direct else _LocalCopies(store, manifest, cache_dir or default_cache_dir())
+        self.files = ShardFiles(store, manifest, cache_dir, cache_limit)
 
     def __repr__(self) -> str:
         return (f"Dataset({self.store.display!r}, shards={len(self.shards)}, docs={self.num_docs}, "
@@ -157,29 +92,40 @@ class Dataset:
     def shard(self, index: int) -> ShardView:
         """The opened (validated, memory-mapped) shard ``index``; safe to call from threads."""
         with self._lock:
-            view = self._views.get(index)
-            if view is not None:
+            entry = self._views.get(index)
+            if entry is not None:
                 self._views.move_to_end(index)
-                return view
+                return entry[0]
         info = self.shards[index]
-        path = self._copies.path(info) if self._copies else self.store.path(info.name)
-        view = open_shard(path)
-        if view.num_docs != info.docs or view.num_tokens != info.tokens:
-            raise FastdataFormatError(
-                f"{path}: holds {view.num_docs} docs / {view.num_tokens} tokens, the manifest "
-                f"says {info.docs} / {info.tokens}"
-            )
+        path, release = self.files.acquire(index)
+        try:
+            view = open_shard(path)
+            if view.num_docs != info.docs or view.num_tokens != info.tokens:
+                raise FastdataFormatError(
+                    f"{path}: holds {view.num_docs} docs / {view.num_tokens} tokens, the manifest "
+                    f"says {info.docs} / {info.tokens}"
+                )
+        except BaseException:
+            release()
+            raise
+        dropped = []
         with self._lock:
-            view = self._views.setdefault(index, view)
+            if index in self._views:  # another thread opened it meanwhile
+                dropped.append((view, release))
+                view = self._views[index][0]
+            else:
+                self._views[index] = (view, release)
             self._views.move_to_end(index)
             while len(self._views) > self.max_open_shards:
-                self._views.popitem(last=False)
+                dropped.append(self._views.popitem(last=False)[1])
+        for _, unpin in dropped:  # the mapping lives on in any array still using it
+            unpin()
         return view
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without open mappings or locks (DataLoader workers reopen lazily)."""
         state = self.__dict__.copy()
-        state["_views"] = OrderedDict()
+        state["_views"] = OrderedDict()  # each process pins and maps for itself
         del state["_lock"]
         return state
 
@@ -231,7 +177,10 @@ class Dataset:
 
     def close(self) -> None:
         with self._lock:
+            entries = list(self._views.values())
             self._views.clear()
+        for _, release in entries:
+            release()
 
     def __enter__(self) -> Dataset:
         return self
@@ -241,20 +190,23 @@ class Dataset:
 
 
 def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None,
-                 cache_dir: str | None = None) -> Dataset:
+                 cache_dir: str | None = None, cache_limit: int | str | None = None) -> Dataset:
     """Open the packed dataset at a local path or fsspec URL.
 
     Args:
         url: dataset directory or URL prefix (the folder holding ``manifest.json``).
         storage_options: passed to fsspec for remote URLs (credentials stay out of messages).
         cache_dir: where remote or compressed shards are copied and decompressed;
-            default ``$TMPDIR/fastdata-<uid>``.
+            default ``$TMPDIR/fastdata-<uid>``. Local uncompressed shards are read in place.
+        cache_limit: bytes (or "400GB") the node cache may hold; with it, ``cache_dir`` is a
+            node-wide cache shared by every process on the machine, evicting what is not in use.
 
     Raises:
         FastdataFormatError: the manifest is missing, incomplete or invalid.
     """
     store = Store(url, storage_options)
-    return Dataset(store, load_manifest(store), cache_dir)
+    limit = None if cache_limit is None else parse_size(cache_limit)
+    return Dataset(store, load_manifest(store), cache_dir, limit)
 
 
 @dataclass(frozen=True)

@@ -294,9 +294,12 @@ def test_f6_killed_worker_process_raises(data):
     victim = multiprocessing.active_children()[0]
     os.kill(victim.pid, signal.SIGKILL)
     t0 = time.monotonic()
-    with pytest.raises(RuntimeError, match="(?i)worker"):
+    # torch reports the death itself ("DataLoader worker ... is killed"), or fails to receive
+    # the batch the dead worker had queued (connection reset): either way, an error, no hang
+    with pytest.raises((RuntimeError, ConnectionError)) as err:
         for _ in it:
             pass
+    assert isinstance(err.value, ConnectionError) or "worker" in str(err.value).lower()
     assert time.monotonic() - t0 < 25
 
 

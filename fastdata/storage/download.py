@@ -139,7 +139,7 @@ def download(store: Store, name: str, dest: str, size: int, digest: str,
         stats.attempts = attempt
         try:
             etag = store.etag(name)
-            fd = os.open(dest, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 _fetch_once(store, name, fd, size, policy)
                 os.fsync(fd)

@@ -1,0 +1,171 @@
+"""Where the raw file of each shard comes from before it is memory-mapped.
+
+* Local, uncompressed datasets are read in place: never copied, evicted or modified.
+* Anything else (a remote URL, zstd shards) is fetched with retries, checked against the
+  manifest's size and hashes, decompressed with bounded output, and kept as a raw file:
+  either in a plain directory (``cache_dir`` without ``cache_limit``), or in the node-wide
+  :class:`~fastdata.storage.cache.NodeCache` under a hard byte limit, shared by every rank,
+  worker and job on the node, keyed by the dataset fingerprint.
+
+A file found in a cache was written by someone else: its hash is checked the first time
+this process uses it, and a damaged copy is dropped (with a warning) and fetched again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+
+from fastdata.atomic import atomic_output, sweep_stale_temps, temp_name
+from fastdata.errors import FastdataIntegrityError
+from fastdata.format.compression import decompress_shard
+from fastdata.format.hashing import hash_file
+from fastdata.format.manifest import Manifest, ShardInfo
+from fastdata.storage.download import RetryPolicy, download
+from fastdata.storage.remote import Store
+
+log = logging.getLogger(__name__)
+Release = Callable[[], None]
+
+
+def _nothing() -> None:
+    return None
+
+
+def default_cache_dir() -> str:
+    return os.path.join(tempfile.gettempdir(), f"fastdata-{os.getuid()}")
+
+
+def mismatch(where: str, expected: str, actual: str) -> FastdataIntegrityError:
+    return FastdataIntegrityError(
+        f"{where}: xxh3_128 is {actual}, the manifest says {expected} "
+        "(the shard is corrupt or was replaced; re-pack or re-upload it)")
+
+
+def check_file(path: str, size: int, digest: str, where: str) -> None:
+    """Raise FastdataIntegrityError unless ``path`` has ``size`` bytes hashing to ``digest``."""
+    try:
+        actual_size: int | None = os.stat(path).st_size
+    except FileNotFoundError:
+        actual_size = None
+    if actual_size != size:
+        raise FastdataIntegrityError(f"{where}: size is {actual_size} bytes, the manifest says {size}")
+    actual = hash_file(path)
+    if actual != digest:
+        raise mismatch(where, digest, actual)
+
+
+class ShardFiles:
+    """Gives a local raw file for each shard of one dataset, and says when it may go."""
+
+    def __init__(self, store: Store, manifest: Manifest, cache_dir: str | None = None,
+                 cache_limit: int | None = None, policy: RetryPolicy | None = None) -> None:
+        self.store, self.manifest = store, manifest
+        self.policy = policy or RetryPolicy()
+        self.in_place = store.local and manifest.compression is None
+        self.namespace = manifest.fingerprint
+        self.root = cache_dir or default_cache_dir()
+        self.limit = cache_limit
+        self._setup()
+
+    def _setup(self) -> None:
+        self._cache = None
+        self._dir = None
+        self._checked: set[int] = set()
+        self._lock = threading.Lock()
+        if self.in_place:
+            return
+        if self.limit is not None:
+            from fastdata.storage.cache import NodeCache
+
+            self._cache = NodeCache(self.root, self.limit)
+        else:
+            self._dir = os.path.join(self.root, self.namespace)
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            sweep_stale_temps(self._dir)
+
+    def __getstate__(self) -> dict:
+        """Pickle the settings only: each process opens the cache and checks files itself."""
+        return {k: self.__dict__[k] for k in ("store", "manifest", "policy", "in_place", "namespace",
+                                              "root", "limit")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._setup()
+
+    def acquire(self, index: int, next_use: float = float("inf")) -> tuple[str, Release]:
+        """Path of shard ``index``'s raw file, and the callable that unpins it."""
+        info = self.manifest.shards[index]
+        if self.in_place:
+            return self.store.path(info.name), _nothing
+        raw_name = info.name.removesuffix(".zst")
+        if self._cache is None:
+            return self._plain(info, raw_name), _nothing
+        for _ in range(2):
+            filled: list[bool] = []
+
+            def fill(dest: str, info: ShardInfo = info, filled: list[bool] = filled) -> None:
+                self.fill(info, dest)
+                filled.append(True)
+
+            handle = self._cache.acquire(self.namespace, raw_name, info.raw_bytes, fill, next_use=next_use)
+            if filled or self._verified(index, info, handle.path):
+                return handle.path, handle.release
+            handle.release()
+            self._cache.invalidate(self.namespace, raw_name)
+        raise FastdataIntegrityError(f"{self.store.describe(info.name)}: the cached copy stays damaged")
+
+    def _verified(self, index: int, info: ShardInfo, path: str) -> bool:
+        with self._lock:
+            if index in self._checked:
+                return True
+        try:
+            check_file(path, info.raw_bytes, info.raw_xxh3_128, path)
+        except FastdataIntegrityError as e:
+            log.warning("dropping damaged cached shard %s: %s", path, e)
+            return False
+        with self._lock:
+            self._checked.add(index)
+        return True
+
+    def _plain(self, info: ShardInfo, raw_name: str) -> str:
+        final = os.path.join(self._dir, raw_name)
+        try:
+            if os.stat(final).st_size == info.raw_bytes:
+                return final
+        except FileNotFoundError:
+            pass
+        tmp = os.path.join(self._dir, temp_name(raw_name))
+        try:
+            self.fill(info, tmp)
+            os.replace(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return final
+
+    def fill(self, info: ShardInfo, dest: str) -> None:
+        """Write shard ``info``'s verified raw bytes to ``dest``."""
+        where = self.store.describe(info.name)
+        if not info.compressed:
+            if self.store.local:
+                with open(self.store.path(info.name), "rb") as src, atomic_output(dest) as out:
+                    while chunk := src.read(8 << 20):
+                        out.write(chunk)
+                check_file(dest, info.raw_bytes, info.raw_xxh3_128, where)
+            else:
+                download(self.store, info.name, dest, info.stored_bytes, info.xxh3_128, self.policy)
+            return
+        with tempfile.TemporaryDirectory(prefix="fastdata-zst-") as scratch:
+            packed = os.path.join(scratch, info.name)
+            if self.store.local:
+                packed = self.store.path(info.name)
+                check_file(packed, info.stored_bytes, info.xxh3_128, where)
+            else:
+                download(self.store, info.name, packed, info.stored_bytes, info.xxh3_128, self.policy)
+            out = decompress_shard(packed, dest, info.raw_bytes)
+            if out.xxh3_128 != info.raw_xxh3_128:
+                raise mismatch(f"{where} (decompressed)", info.raw_xxh3_128, out.xxh3_128)
