@@ -1,8 +1,8 @@
 """Append one benchmark run (machine, commit, tables) to a results Markdown file.
 
-Called by ``benchmarks/run.sh``; takes the Markdown sections that bench_pack.py and
-bench_reader.py wrote and puts them under a heading with the date, the machine (cores, CPU
-model, RAM, load average before and after the run) and the git commit.
+Called by ``benchmarks/run.sh``; takes the Markdown sections that bench_pack.py,
+bench_reader.py and bench_loader.py wrote and puts them under a heading with the date, the
+machine (cores, CPU model, RAM, load average before and after the run) and the git commit.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if busy > 1:
         out.append(f"- **Other work was running on this {ncpu}-core box during the run** "
                    f"(load average up to {busy:.2f} > 1): treat absolute numbers as low "
-                   "estimates; the fastdata/Megatron ratios come from alternating runs in "
+                   "estimates; the fastdata/peer ratios come from alternating runs in "
                    "the same time window and are the more robust figures.")
     for note in args.note:
         out.append(f"- {note}")
