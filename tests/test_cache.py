@@ -431,17 +431,18 @@ def test_a_second_publisher_neither_corrupts_nor_double_counts(tmp_path, caplog)
     root, calls = tmp_path / "root", []
     cache = NodeCache(str(root), 10_000, wait_timeout=0)  # no waiting: a concurrent fill is duplicated
     first = writer(calls, "s1", 1000)
-    started, done = threading.Event(), []
+    started, go_on, done = threading.Event(), threading.Event(), []
 
     def slow(path):
         started.set()
-        time.sleep(0.3)
+        go_on.wait(10)  # until the second fill has published
         first(path)
     t = threading.Thread(target=lambda: done.append(cache.acquire("ns", "s1", 1000, slow)))
     t.start()
     started.wait(5)
     with caplog.at_level(logging.WARNING, logger="fastdata.storage.cache"):
         h2 = acquire(cache, "s1", 1000, calls)  # publishes while the first fill is still running
+    go_on.set()
     t.join(10)
     (h1,) = done
     assert calls == ["s1", "s1"] and "fetching it here too" in caplog.text
@@ -506,14 +507,14 @@ def test_c2_no_partial_file_is_ever_visible_under_a_final_name(tmp_path, workers
                                       "paths": [str(root / "ns" / n) for _, n, _ in names]})
     workers.wait_file(poller, "polling")
     filler = workers.start("filler", {"root": str(root), "limit": 4 * size, "shards": names,
-                                      "chunk": 16 << 10, "delay": 0.003})
+                                      "chunk": 16 << 10, "delay": 0.005})
     res = workers.result(filler)
     stop.touch()
     seen = workers.result(poller)
     assert res["errors"] == [] and [v[:2] for v in res["verified"]] == [[n, True] for _, n, _ in names]
     for path, sizes in seen["sizes"].items():
         assert sizes == [-1, size], path  # absent, then complete: never anything in between
-    assert seen["samples"] > 100
+    assert seen["samples"] > 50
     temps = [t for t in seen["temps"] if t != DB_DIR]
     assert {t.split(".")[2] for t in temps} == {n for _, n, _ in names}  # every fill was watched
     for t in temps:
