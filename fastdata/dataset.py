@@ -23,6 +23,7 @@ from fastdata.format.manifest import Manifest, ShardTable, TokenizerInfo, parse_
 from fastdata.format.reader import ShardView, gather, open_shard
 from fastdata.format.spec import DTYPE_CODES, DTYPES, MANIFEST_NAME
 from fastdata.shard_files import Release, ShardFiles, check_file
+from fastdata.storage.download import retrying
 from fastdata.storage.remote import Store
 from fastdata.units import parse_size
 
@@ -36,7 +37,13 @@ def load_manifest(store: Store) -> Manifest:
         raise FastdataFormatError(
             f"{where} does not exist: not a fastdata dataset, or its pack has not finished"
         )
-    return parse_manifest(store.read_bytes(MANIFEST_NAME), where, read_table=store.map_bytes)
+    if store.local:
+        return parse_manifest(store.read_bytes(MANIFEST_NAME), where, read_table=store.map_bytes)
+
+    def fetch(name: str) -> bytes:  # small objects, read whole, retried like shards
+        return retrying(store.describe(name), lambda: store.read_bytes(name))
+
+    return parse_manifest(fetch(MANIFEST_NAME), where, read_table=fetch)
 
 
 class Dataset:
@@ -181,6 +188,16 @@ class Dataset:
             self._views.clear()
         for _, release in entries:
             release()
+
+    def __del__(self) -> None:
+        # unpin node-cache entries when a dataset is dropped without close()
+        views = getattr(self, "_views", None)
+        if views:
+            for _, release in list(views.values()):
+                try:
+                    release()
+                except Exception:  # noqa: BLE001 - never raise from a finaliser
+                    pass
 
     def __enter__(self) -> Dataset:
         return self

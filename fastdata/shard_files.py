@@ -19,8 +19,8 @@ import tempfile
 import threading
 from collections.abc import Callable
 
-from fastdata.atomic import atomic_output, sweep_stale_temps, temp_name
-from fastdata.errors import FastdataIntegrityError
+from fastdata.atomic import sweep_stale_temps, temp_name
+from fastdata.errors import FastdataConfigError, FastdataIntegrityError
 from fastdata.format.compression import decompress_shard
 from fastdata.format.hashing import hash_file
 from fastdata.format.manifest import Manifest, ShardInfo
@@ -33,6 +33,28 @@ Release = Callable[[], None]
 
 def _nothing() -> None:
     return None
+
+
+_caches: dict[tuple[str, int, int], object] = {}
+_caches_lock = threading.Lock()
+
+
+def node_cache(root: str, limit: int):  # noqa: ANN201 - NodeCache, imported lazily
+    """The process's one NodeCache for ``root``: LMDB allows a single open environment per
+    file per process, so every dataset on the same root shares it."""
+    from fastdata.storage.cache import NodeCache
+
+    key = (os.path.realpath(root), limit, os.getpid())
+    with _caches_lock:
+        cache = _caches.get(key)
+        if cache is None:
+            others = [k for k in _caches if k[0] == key[0] and k[2] == key[2]]
+            if others:
+                raise FastdataConfigError(
+                    f"node cache {root} is already open in this process with cache_limit {others[0][1]}; "
+                    f"use the same limit (got {limit})")
+            cache = _caches[key] = NodeCache(root, limit)
+        return cache
 
 
 def default_cache_dir() -> str:
@@ -79,9 +101,7 @@ class ShardFiles:
         if self.in_place:
             return
         if self.limit is not None:
-            from fastdata.storage.cache import NodeCache
-
-            self._cache = NodeCache(self.root, self.limit)
+            self._cache = node_cache(self.root, self.limit)
         else:
             self._dir = os.path.join(self.root, self.namespace)
             os.makedirs(self._dir, mode=0o700, exist_ok=True)
@@ -141,6 +161,8 @@ class ShardFiles:
         tmp = os.path.join(self._dir, temp_name(raw_name))
         try:
             self.fill(info, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
             os.replace(tmp, final)
         finally:
             if os.path.exists(tmp):
@@ -152,7 +174,7 @@ class ShardFiles:
         where = self.store.describe(info.name)
         if not info.compressed:
             if self.store.local:
-                with open(self.store.path(info.name), "rb") as src, atomic_output(dest) as out:
+                with open(self.store.path(info.name), "rb") as src, open(dest, "wb") as out:
                     while chunk := src.read(8 << 20):
                         out.write(chunk)
                 check_file(dest, info.raw_bytes, info.raw_xxh3_128, where)
@@ -166,6 +188,6 @@ class ShardFiles:
                 check_file(packed, info.stored_bytes, info.xxh3_128, where)
             else:
                 download(self.store, info.name, packed, info.stored_bytes, info.xxh3_128, self.policy)
-            out = decompress_shard(packed, dest, info.raw_bytes)
+            out = decompress_shard(packed, dest, info.raw_bytes, atomic=False)
             if out.xxh3_128 != info.raw_xxh3_128:
                 raise mismatch(f"{where} (decompressed)", info.raw_xxh3_128, out.xxh3_128)

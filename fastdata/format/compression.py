@@ -103,15 +103,19 @@ def _decompress_frame(frame: bytes, expected: int, dctx: zstandard.ZstdDecompres
     return out
 
 
-def decompress_shard(src_path: str, dst_path: str, raw_size: int) -> WrittenFile:
+def decompress_shard(src_path: str, dst_path: str, raw_size: int, *, atomic: bool = True) -> WrittenFile:
     """Decompress ``src_path`` into a raw shard at ``dst_path``, never beyond ``raw_size``.
+
+    With ``atomic=False`` the bytes go straight into ``dst_path``, for a caller whose
+    destination is already a private temp file (the node cache publishes it itself).
 
     Raises:
         FastdataFormatError: the wrapper is malformed, or a frame is corrupt or would
             expand beyond its recorded size (a decompression bomb).
     """
     hasher = new_hasher()
-    with open(src_path, "rb") as f, atomic_output(dst_path) as out:
+    target = atomic_output(dst_path) if atomic else open(dst_path, "wb")
+    with open(src_path, "rb") as f, target as out:
         header = _read_exact(f, ZSTD_HEADER_SIZE, src_path, "header", 0)
         block_size, num_blocks = _check_header(header, src_path, raw_size)
         table = _read_exact(f, ZSTD_BLOCK_ENTRY.size * num_blocks, src_path, "block table", 64)

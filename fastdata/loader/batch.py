@@ -59,6 +59,19 @@ class BatchAssembler:
         eos = data.tokenizer.eos_id
         self.pad_id = config.pad_id if config.pad_id is not None else (eos if eos is not None else 0)
 
+    def shards_of(self, sample_ids: np.ndarray) -> np.ndarray:
+        """The shards that reading ``sample_ids`` touches, in order of first use."""
+        ids = sample_ids[sample_ids >= 0]
+        if self.config.mode == "packed":
+            seq = self.config.seq_len
+            first = np.searchsorted(self.token_starts, ids * seq, side="right") - 1
+            last = np.searchsorted(self.token_starts, ids * seq + seq, side="right") - 1
+            shards = np.stack([first, np.minimum(last, len(self.token_starts) - 2)], axis=1).ravel()
+        else:
+            shards = np.searchsorted(self.doc_starts, ids, side="right") - 1
+        _, first_use = np.unique(shards, return_index=True)
+        return shards[np.sort(first_use)]
+
     def __call__(self, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
         if self.config.mode == "packed":
             return self._packed(sample_ids)

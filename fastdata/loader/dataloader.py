@@ -25,6 +25,7 @@ import torch
 
 from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.loader.dataset import TokenDataset
+from fastdata.loader.prefetch import Prefetcher
 from fastdata.loader.state import StreamState, check_identity, parse_state
 from fastdata.sampling.order import EpochOrder, Stripe
 from fastdata.world import World
@@ -60,12 +61,14 @@ class DataLoader:
         prefetch: batches prepared ahead of the training loop (default ``2 * num_workers``).
         backend: ``"threads"`` (default) or ``"processes"``.
         timeout: seconds to wait for a batch from a worker process before raising.
+        prefetch_bytes: how far ahead (in shard bytes) remote shards are fetched into the
+            cache by a background thread (threads backend; 0 turns it off).
     """
 
     def __init__(  # noqa: PLR0913 - mirrors torch's DataLoader arguments
         self, dataset: TokenDataset, batch_size: int, *, num_workers: int = 2,
         pin_memory: bool = False, prefetch: int | None = None, backend: str = "threads",
-        timeout: float = 0,
+        timeout: float = 0, prefetch_bytes: int = 2 << 30,
     ) -> None:
         if backend not in BACKENDS:
             raise FastdataConfigError(f"unknown backend {backend!r}; use one of {BACKENDS}")
@@ -81,6 +84,7 @@ class DataLoader:
         if pin_memory and not self.pin_memory:
             log.warning("pin_memory=True ignored: no CUDA device")
         self.prefetch = prefetch or 2 * max(num_workers, 1)
+        self.prefetch_bytes = prefetch_bytes
         self.backend, self.timeout = backend, timeout
         self.world = dataset.resolved_world()
         self._next_epoch = 0
@@ -172,6 +176,22 @@ class DataLoader:
 
     def _threaded(self, order: EpochOrder, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         stripe = Stripe.of(order.config.global_batch, self.world.rank, self.world.world_size)
+        prefetcher = None
+        if self.dataset.fetches and self.prefetch_bytes > 0:
+            prefetcher = Prefetcher(range(start, order.num_steps),
+                                    lambda step: self.dataset.shards_of(order, stripe, step),
+                                    self.dataset.fetch_shard, self.prefetch_bytes)
+        try:
+            for step, batch in self._assembled(order, stripe, start):
+                if prefetcher is not None:
+                    prefetcher.advance(step)
+                yield step, batch
+        finally:
+            if prefetcher is not None:
+                prefetcher.close()
+
+    def _assembled(self, order: EpochOrder, stripe: Stripe, start: int
+                   ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         chunks = _chunks(start, order.num_steps, self._chunk_steps())
         if self.num_workers == 0:
             for steps in chunks:

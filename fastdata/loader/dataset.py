@@ -28,6 +28,7 @@ from fastdata.loader.batch import BatchAssembler, SampleConfig
 from fastdata.loader.state import StreamState, check_identity, identity_of, parse_state
 from fastdata.sampling.blend import BlendOrder
 from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace, Stripe, document_space, packed_space
+from fastdata.units import parse_size
 from fastdata.world import World
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,10 @@ class TokenDataset(IterableDataset):
         order: window, partitions and tail policy (:class:`OrderOptions`).
         world: explicit topology; default: detected from torch.distributed / torchrun.
         storage_options: fsspec options for a remote ``source`` (never logged).
-        cache_dir: local directory for remote or compressed shards.
+        cache_dir: local directory for remote or compressed shards (one per node).
+        cache_limit: bytes (or "400GB") the node cache may hold, temp files included; with
+            it the cache is shared by every process on the node and evicts what no process
+            holds, the shard needed farthest in the future first.
 
     Raises:
         FastdataConfigError: the settings are invalid or the dataset has no sample.
@@ -74,12 +78,16 @@ class TokenDataset(IterableDataset):
         batch_size: int | None = None, sampling: Mapping[str, Any] | None = None,
         order: OrderOptions | None = None, world: World | None = None,
         storage_options: Mapping[str, Any] | None = None, cache_dir: str | None = None,
+        cache_limit: int | str | None = None,
     ) -> None:
         super().__init__()
         self.samples = SampleConfig(seq_len=seq_len, **dict(sampling or {}))
         self.sources = _as_sources(source)
         self.datasets: list[Dataset] = [
-            open_dataset(s.url, storage_options=storage_options, cache_dir=cache_dir) for s in self.sources]
+            open_dataset(s.url, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
+            for s in self.sources]
+        if cache_limit is not None:
+            _check_cache_limit(self.datasets, parse_size(cache_limit), World.detect(world))
         self.spaces = [self._space(d) for d in self.datasets]
         for d, space in zip(self.datasets, self.spaces):
             if space.num_samples == 0:
@@ -162,6 +170,30 @@ class TokenDataset(IterableDataset):
             offsets = np.concatenate([[0], np.cumsum([s.num_samples for s in self.spaces])])
             self._assembler = parts[0] if len(parts) == 1 else _BlendAssembler(parts, offsets)
         return self._assembler
+
+    @property
+    def fetches(self) -> bool:
+        """Whether some shards come from remote storage or need decompressing (worth prefetching)."""
+        return any(not d.files.in_place for d in self.datasets)
+
+    def shards_of(self, order: EpochOrder | BlendOrder, stripe: Stripe, step: int) -> np.ndarray:
+        """Shards (as ``source << 40 | shard``) that this rank's micro-batch of ``step`` reads."""
+        ids = order.slots(step, stripe.lo, stripe.hi)
+        if len(self.datasets) == 1:
+            return self.assembler().shards_of(ids)
+        offsets = np.concatenate([[0], np.cumsum([s.num_samples for s in self.spaces])])
+        source = np.searchsorted(offsets, ids, side="right") - 1
+        keys = [(int(s) << 40) | self.assembler().parts[int(s)].shards_of(ids[source == s] - offsets[s])
+                for s in np.unique(source[ids >= 0])]
+        return np.concatenate(keys) if keys else np.zeros(0, np.int64)
+
+    def fetch_shard(self, key: int, step: int) -> int:
+        """Make sure shard ``key`` (from :meth:`shards_of`) is cached; returns its raw size."""
+        data = self.datasets[key >> 40]
+        shard = key & ((1 << 40) - 1)
+        _, release = data.files.acquire(shard, next_use=step)
+        release()
+        return data.shards[shard].raw_bytes
 
     def batch(self, order: EpochOrder, stripe: Stripe, step: int) -> dict[str, np.ndarray]:
         """This rank's micro-batch of global step ``step`` as numpy arrays."""
@@ -311,3 +343,21 @@ class _BlendAssembler:
                 out[key][rows] = value
         out["sample_ids"] = ids.astype(np.int64)
         return out
+
+
+#: Shards a process keeps mapped (and so pinned in a node cache) at once.
+CACHED_OPEN_SHARDS = 4
+
+
+def _check_cache_limit(datasets: Sequence[Dataset], limit: int, world: World) -> None:
+    """Refuse up front a node cache too small to hold what the node's ranks use at once."""
+    largest = max((int(d.shards.column("raw_bytes").max()) for d in datasets if len(d.shards)), default=0)
+    concurrent = world.ranks_per_node * CACHED_OPEN_SHARDS + 1
+    minimum = largest * concurrent
+    if limit < minimum:
+        raise FastdataConfigError(
+            f"cache_limit {limit} bytes is too small: {world.ranks_per_node} rank(s) on this node keep up "
+            f"to {CACHED_OPEN_SHARDS} shards of up to {largest} bytes each, plus one in flight; use at "
+            f"least {minimum} bytes")
+    for d in datasets:
+        d.max_open_shards = CACHED_OPEN_SHARDS

@@ -198,3 +198,23 @@ def _free_bytes(path: str) -> int:
         return st.f_bavail * st.f_frsize
     except OSError:
         return -1
+
+
+def retrying(what: str, call: Callable[[], bytes], policy: RetryPolicy | None = None) -> bytes:
+    """``call()`` with the policy's retries for transient errors (small objects: manifests)."""
+    policy = policy or RetryPolicy()
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 - classified below
+            if is_permanent(e) or attempt >= policy.attempts:
+                if isinstance(e, FastdataError):
+                    raise
+                raise FastdataDownloadError(
+                    f"cannot read {what} after {attempt} attempts: {_describe(e)}") from None
+            delay = min(policy.max_backoff, policy.base_backoff * 2 ** (attempt - 1))
+            log.warning("reading %s failed (attempt %d of %d: %s); retrying in %.1f s", what, attempt,
+                        policy.attempts, _describe(e), delay)
+            time.sleep(max(delay, min(_retry_after(e) or 0.0, 30.0)))
+            attempt += 1

@@ -1,0 +1,85 @@
+"""Fetching the shards the coming steps need, ahead of the training loop.
+
+The order is known in advance, so one background thread walks this rank's next steps,
+works out which shards they touch, and makes sure each is in the node cache before a
+batch needs it, oldest need first, never more than ``budget`` bytes ahead of the step the
+loop is at. Shards fetched ahead are left unpinned with their next use as the eviction
+hint, so the cache evicts them last. One bounded look-ahead, one stop event, and any
+error is handed to the consumer, which raises it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class Prefetcher:
+    """Background filling of the cache for steps ``steps`` (in order)."""
+
+    def __init__(self, steps: Iterable[int], shards_of: Callable[[int], np.ndarray],
+                 fetch: Callable[[int, int], int], budget: int) -> None:
+        """
+        Args:
+            steps: the steps this rank will make, in order.
+            shards_of: shard indices a step reads.
+            fetch: ``fetch(shard, step)`` puts the shard in the cache; returns its size.
+            budget: bytes that may be fetched ahead of the consumer's step.
+        """
+        self._steps, self._shards_of, self._fetch, self._budget = steps, shards_of, fetch, budget
+        self._ahead: deque[tuple[int, int]] = deque()  # (step, bytes) fetched for future steps
+        self._consumer = -1
+        self._cond = threading.Condition()
+        self._stop = False
+        self.error: BaseException | None = None
+        self.fetched = 0
+        self._thread = threading.Thread(target=self._run, name="fastdata-prefetch", daemon=True)
+        self._thread.start()
+
+    def advance(self, step: int) -> None:
+        """The training loop has reached ``step``; raises what the prefetch thread hit."""
+        with self._cond:
+            self._consumer = step
+            while self._ahead and self._ahead[0][0] <= step:
+                self._ahead.popleft()
+            self._cond.notify_all()
+        if self.error is not None:
+            raise self.error
+
+    def _room(self) -> bool:
+        return sum(b for _, b in self._ahead) < self._budget
+
+    def _run(self) -> None:
+        seen: set[int] = set()
+        try:
+            for step in self._steps:
+                for shard in self._shards_of(step):
+                    shard = int(shard)
+                    if shard in seen:
+                        continue
+                    with self._cond:
+                        while not self._stop and step > self._consumer and not self._room():
+                            self._cond.wait(0.1)
+                        if self._stop:
+                            return
+                    size = self._fetch(shard, step)
+                    seen.add(shard)
+                    self.fetched += 1
+                    with self._cond:
+                        if step > self._consumer:
+                            self._ahead.append((step, size))
+        except BaseException as e:  # handed to the consumer by advance()
+            self.error = e
+            log.debug("prefetch stopped: %s", e)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
