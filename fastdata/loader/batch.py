@@ -121,23 +121,30 @@ class BatchAssembler:
     def _packed(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         seq, width, b = self.config.seq_len, self.config.seq_len + 1, len(ids)
         real = ids >= 0
-        buf = np.zeros((b, width), dtype=np.int64)
-        mbuf = np.zeros((b, width), dtype=np.uint8) if self.has_mask else None
-        if real.any():
-            rows = self._packed_spans(ids[real] * seq, width)
-            if real.all():  # the common case: gather straight into the batch
-                self._gather(rows, buf.reshape(-1), None if mbuf is None else mbuf.reshape(-1))
-            else:
-                flat, mask = self._read(rows, int(real.sum()) * width)
+        if real.all():
+            # the common case: two gathers straight into the batch's own arrays (inputs, and
+            # labels shifted by one token with their loss mask), no copies afterwards
+            inputs = np.empty((b, seq), dtype=np.int64)
+            labels = np.empty((b, seq), dtype=np.int64)
+            starts = ids * seq
+            self._gather(self._packed_spans(starts, seq), inputs.reshape(-1), None)
+            mask = np.empty((b, seq), dtype=np.uint8) if self.has_mask else None
+            self._gather(self._packed_spans(starts + 1, seq), labels.reshape(-1),
+                         None if mask is None else mask.reshape(-1))
+            if mask is not None:
+                labels[mask == 0] = IGNORE
+        else:
+            buf = np.zeros((b, width), dtype=np.int64)
+            mbuf = np.ones((b, width), dtype=np.uint8)
+            if real.any():
+                flat, got = self._read(self._packed_spans(ids[real] * seq, width), int(real.sum()) * width)
                 buf[real] = flat.reshape(-1, width)
-                if mbuf is not None and mask is not None:
-                    mbuf[real] = mask.reshape(-1, width)
-        labels = buf[:, 1:].copy()
-        if mbuf is not None:
+                if got is not None:
+                    mbuf[real] = got.reshape(-1, width)
+            inputs, labels = np.ascontiguousarray(buf[:, :seq]), buf[:, 1:].copy()
             labels[mbuf[:, 1:] == 0] = IGNORE
-        labels[~real] = IGNORE
-        out = {"input_ids": np.ascontiguousarray(buf[:, :seq]), "labels": labels,
-               "sample_ids": ids.astype(np.int64)}
+            labels[~real] = IGNORE
+        out = {"input_ids": inputs, "labels": labels, "sample_ids": ids.astype(np.int64)}
         if self.config.position_ids or self.config.doc_ids:
             out.update(self._doc_layout(ids))
         return out
