@@ -166,17 +166,6 @@ class Store:
             else:
                 self._fs.put_file(local_file, dest)
 
-    def fetch(self, name: str, local_path: str) -> None:
-        """Copy ``name`` to ``local_path`` atomically."""
-        with self._guard("fetching", name):
-            if self.local:
-                with open(self.path(name), "rb") as src, atomic_output(local_path) as out:
-                    shutil.copyfileobj(src, out, 8 << 20)
-            else:
-                with self._fs.open(self.path(name), "rb", block_size=16 << 20) as src, \
-                        atomic_output(local_path) as out:
-                    shutil.copyfileobj(src, out, 8 << 20)
-
     def remove(self, name: str) -> None:
         """Delete ``name``; nothing happens when it does not exist."""
         with self._guard("removing", name):
