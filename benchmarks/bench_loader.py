@@ -122,12 +122,12 @@ def source_state() -> dict:
     def git(*a: str) -> str:
         try:
             return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
-                                  check=True).stdout.strip()
+                                  check=True).stdout
         except (OSError, subprocess.CalledProcessError):
             return ""
-    changed = git("status", "--porcelain", "--", "fastdata", "csrc").splitlines()
-    return {"commit": git("rev-parse", "--short", "HEAD") or "unknown",
-            "uncommitted": [line[3:] for line in changed]}
+    changed = git("status", "--porcelain", "--", "fastdata", "csrc").splitlines()  # "XY path"
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
+            "uncommitted": [line[3:] for line in changed if len(line) > 3]}
 
 
 # ============================================================================ data
