@@ -42,7 +42,7 @@ while [[ $# -gt 0 ]]; do
     --docs) DOCS="$2"; shift ;;
     --repeat) REPEAT="$2"; shift ;;
     --loader-repeat) LOADER_REPEAT="$2"; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
