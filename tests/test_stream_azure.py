@@ -94,8 +94,9 @@ def test_stream_through_a_small_node_cache(remote, azurite, tmp_path):
         ds = fastdata.TokenDataset(remote["url"], seq_len=32, seed=3, cache_dir=str(cache), cache_limit=limit,
                                    storage_options={"connection_string": azurite["conn"]})
         batch = next(iter(fastdata.DataLoader(ds, batch_size=4, num_workers=0)))
-        i = int(batch["sample_ids"][0])
-        assert batch["input_ids"][0].tolist() == local.tokens(i * 32, i * 32 + 32).tolist()
+        shard, offset = ds.assembler().window(int(batch["sample_ids"][0]))
+        start = int(ds.assembler().token_starts[shard]) + offset
+        assert batch["input_ids"][0].tolist() == local.tokens(start, start + 32).tolist()
 
 
 def test_impossible_cache_limit_is_refused_up_front(remote, azurite, tmp_path):

@@ -2,10 +2,11 @@
 
 Sample modes (``SampleConfig.mode``):
 
-* ``packed`` — sample ``i`` is global tokens ``[i*L, i*L + L + 1)`` of the dataset's token
-  stream (documents joined as packed, EOS included); ``input_ids`` are the first ``L``,
-  ``labels`` the last ``L``. Optional ``position_ids`` restart at every document, and
-  ``doc_ids`` / ``cu_seqlens`` describe document boundaries for variable-length attention.
+* ``packed`` — the ``k``-th sample of a shard is its tokens ``[k*L, k*L + L + 1)``
+  (documents joined as packed, EOS included; see ``sampling.order.packed_space``);
+  ``input_ids`` are the first ``L``, ``labels`` the last ``L``. Optional ``position_ids``
+  restart at every document, and ``doc_ids`` / ``cu_seqlens`` describe document
+  boundaries for variable-length attention.
 * ``document`` — sample ``i`` is document ``i``, truncated to ``L + 1`` tokens or padded
   with ``pad_id``; ``attention_mask`` marks the real input tokens.
 
@@ -23,6 +24,7 @@ import numpy as np
 from fastdata.dataset import Dataset
 from fastdata.errors import FastdataConfigError
 from fastdata.format.reader import gather
+from fastdata.sampling.order import packed_space
 
 IGNORE = -100
 MODES = ("packed", "document")
@@ -55,6 +57,7 @@ class BatchAssembler:
         shards = data.shards
         self.token_starts = np.concatenate([[0], np.cumsum(shards.column("tokens"))]).astype(np.int64)
         self.doc_starts = np.concatenate([[0], np.cumsum(shards.column("docs"))]).astype(np.int64)
+        self.sample_starts = packed_space(shards.column("tokens"), config.seq_len).first
         self.has_mask = data.manifest.has_loss_mask
         eos = data.tokenizer.eos_id
         self.pad_id = config.pad_id if config.pad_id is not None else (eos if eos is not None else 0)
@@ -63,10 +66,7 @@ class BatchAssembler:
         """The shards that reading ``sample_ids`` touches, in order of first use."""
         ids = sample_ids[sample_ids >= 0]
         if self.config.mode == "packed":
-            seq = self.config.seq_len
-            first = np.searchsorted(self.token_starts, ids * seq, side="right") - 1
-            last = np.searchsorted(self.token_starts, ids * seq + seq, side="right") - 1
-            shards = np.stack([first, np.minimum(last, len(self.token_starts) - 2)], axis=1).ravel()
+            shards = np.searchsorted(self.sample_starts, ids, side="right") - 1
         else:
             shards = np.searchsorted(self.doc_starts, ids, side="right") - 1
         _, first_use = np.unique(shards, return_index=True)
@@ -94,29 +94,17 @@ class BatchAssembler:
         self._gather(rows, flat, mask)
         return flat, mask
 
-    def _window_rows(self, start: int, width: int) -> list[tuple[int, int, int]]:
-        """(shard, offset, length) pieces of global tokens ``[start, start + width)``."""
-        starts = self.token_starts
-        shard = int(np.searchsorted(starts, start, side="right")) - 1
-        rows, pos, end = [], start, start + width
-        while pos < end:
-            take = min(end, int(starts[shard + 1])) - pos
-            if take > 0:
-                rows.append((shard, pos - int(starts[shard]), take))
-                pos += take
-            shard += 1
-        return rows
+    def window(self, sample_id: int) -> tuple[int, int]:
+        """(shard, first token within the shard) of packed sample ``sample_id``."""
+        shard = int(np.searchsorted(self.sample_starts, sample_id, side="right")) - 1
+        return shard, (sample_id - int(self.sample_starts[shard])) * self.config.seq_len
 
-    def _packed_spans(self, starts: np.ndarray, width: int) -> list[tuple[int, int, int]] | np.ndarray:
-        """(shard, offset, length) rows for windows at global token ``starts``, in order."""
-        shard = np.searchsorted(self.token_starts, starts, side="right") - 1
-        local = starts - self.token_starts[shard]
-        if np.all(starts + width <= self.token_starts[shard + 1]):  # no window crosses a shard
-            return np.stack([shard, local, np.full(len(starts), width)], axis=1)
-        rows: list[tuple[int, int, int]] = []
-        for start in starts:
-            rows.extend(self._window_rows(int(start), width))
-        return rows
+    def _packed_spans(self, ids: np.ndarray, offset: int, width: int) -> np.ndarray:
+        """(shard, token offset, length) rows of ``width`` tokens from each window's start +
+        ``offset``; windows never cross a shard (see ``packed_space``)."""
+        shard = np.searchsorted(self.sample_starts, ids, side="right") - 1
+        local = (ids - self.sample_starts[shard]) * self.config.seq_len + offset
+        return np.stack([shard, local, np.full(len(ids), width)], axis=1)
 
     def _packed(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         seq, width, b = self.config.seq_len, self.config.seq_len + 1, len(ids)
@@ -126,10 +114,9 @@ class BatchAssembler:
             # labels shifted by one token with their loss mask), no copies afterwards
             inputs = np.empty((b, seq), dtype=np.int64)
             labels = np.empty((b, seq), dtype=np.int64)
-            starts = ids * seq
-            self._gather(self._packed_spans(starts, seq), inputs.reshape(-1), None)
+            self._gather(self._packed_spans(ids, 0, seq), inputs.reshape(-1), None)
             mask = np.empty((b, seq), dtype=np.uint8) if self.has_mask else None
-            self._gather(self._packed_spans(starts + 1, seq), labels.reshape(-1),
+            self._gather(self._packed_spans(ids, 1, seq), labels.reshape(-1),
                          None if mask is None else mask.reshape(-1))
             if mask is not None:
                 labels[mask == 0] = IGNORE
@@ -137,7 +124,7 @@ class BatchAssembler:
             buf = np.zeros((b, width), dtype=np.int64)
             mbuf = np.ones((b, width), dtype=np.uint8)
             if real.any():
-                flat, got = self._read(self._packed_spans(ids[real] * seq, width), int(real.sum()) * width)
+                flat, got = self._read(self._packed_spans(ids[real], 0, width), int(real.sum()) * width)
                 buf[real] = flat.reshape(-1, width)
                 if got is not None:
                     mbuf[real] = got.reshape(-1, width)
@@ -156,13 +143,10 @@ class BatchAssembler:
         for r, i in enumerate(ids):
             if i < 0:
                 continue
-            col = 0
-            for shard, offset, length in self._window_rows(int(i) * seq, seq):
-                offsets = self.data.shard(shard).doc_offsets()
-                local = np.arange(offset, offset + length, dtype=np.uint64)
-                docs[r, col : col + length] = (np.searchsorted(offsets, local, side="right") - 1
-                                               + self.doc_starts[shard])
-                col += length
+            shard, offset = self.window(int(i))
+            offsets = self.data.shard(shard).doc_offsets()
+            local = np.arange(offset, offset + seq, dtype=np.uint64)
+            docs[r] = np.searchsorted(offsets, local, side="right") - 1 + self.doc_starts[shard]
         starts = np.ones((b, seq), dtype=bool)
         starts[:, 1:] = docs[:, 1:] != docs[:, :-1]
         cols = np.broadcast_to(np.arange(seq), (b, seq))

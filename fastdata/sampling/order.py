@@ -50,20 +50,19 @@ class SampleSpace:
 
 
 def packed_space(shard_tokens: np.ndarray, seq_len: int) -> SampleSpace:
-    """Fixed windows of ``seq_len + 1`` tokens over the whole token stream.
+    """Fixed windows of ``seq_len + 1`` tokens over each shard's token stream.
 
-    Sample ``i`` covers global tokens ``[i*seq_len, i*seq_len + seq_len + 1)`` (inputs
-    and the labels shifted by one), so consecutive windows share one token and only the
-    last ``< seq_len + 1`` tokens of the stream are never a label. A sample belongs to the
-    shard where it starts; it may run into the next shard.
+    The ``k``-th sample of a shard covers its tokens ``[k*seq_len, k*seq_len + seq_len + 1)``
+    (inputs and the labels shifted by one), across document boundaries; consecutive windows
+    share one token. No window crosses a shard, so a node reads only the shards of its own
+    partitions; the price is that the last ``(tokens - 1) mod seq_len`` tokens of each shard
+    are never a label (under 0.002 % of a 256 MB shard at seq_len 2048).
     """
     if seq_len < 1:
         raise FastdataConfigError(f"seq_len must be >= 1, got {seq_len}")
-    starts = np.concatenate([[0], np.cumsum(np.asarray(shard_tokens, dtype=np.int64))])
-    total = max(0, (int(starts[-1]) - 1) // seq_len)
-    first = np.minimum(-(-starts // seq_len), total)  # ceil(start / seq_len), clipped
-    first[-1] = total
-    return SampleSpace(first.astype(np.int64))
+    tokens = np.asarray(shard_tokens, dtype=np.int64)
+    counts = np.maximum(tokens - 1, 0) // seq_len
+    return SampleSpace(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
 
 
 def document_space(shard_docs: np.ndarray) -> SampleSpace:
