@@ -35,13 +35,14 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _corpus import make_docs, write_jsonl
 from _faultproxy import FaultProxy
 from conftest import connection_string
 
 import fastdata
-from fastdata.sampling.order import Stripe
+from fastdata.sampling.order import Stripe, packed_space
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(150)]
 
@@ -415,7 +416,13 @@ def test_c1_each_node_downloads_what_its_ranks_read_once(corpus, full_epoch):
     report("C1", lines)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+def _packed_samples_cross_shards() -> bool:
+    """Whether a packed sample may run into the next shard (the library's behaviour up to
+    ccdc6aa): two shards of 10 tokens give 4 samples of 4 tokens (+1), the third crossing."""
+    return packed_space(np.array([10, 10]), 4).first.tolist() != [0, 2, 4]
+
+
+@pytest.mark.xfail(_packed_samples_cross_shards(), strict=True, raises=AssertionError, reason=(
     "library: a packed sample that starts near the end of a shard reads its last tokens from the "
     "next shard (sampling/order.py packed_space, loader/batch.py BatchAssembler.shards_of), and that "
     "shard belongs to the other node about half the time: each node downloads ~80% of the shards, "
