@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import _jobs
 import pytest
 from _corpus import make_docs, write_jsonl
 from _faultproxy import FaultProxy
@@ -46,8 +46,6 @@ from fastdata.sampling.order import Stripe
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(150)]
 
 WORKER = Path(__file__).with_name("_stream_worker.py")
-TOPOLOGY_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "FASTDATA_NODE_ID",
-                "FASTDATA_RANKS_PER_NODE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 NODES, PER_NODE = 2, 2
 WORLD_SIZE = NODES * PER_NODE
 MICRO = 4
@@ -117,71 +115,17 @@ class DiskMonitor:
         return self.peaks
 
 
-JOBS: list[Job] = []
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _kill_leftover_jobs():
     yield
-    for job in JOBS:
-        job.kill()
+    _jobs.kill_all()
 
 
-class Job:
-    """The 4 ranks of one fake job (2 nodes × 2 ranks), each in its own session."""
+class Job(_jobs.Job):
+    """The 4 ranks of one fake job (2 nodes × 2 ranks) running tests/_stream_worker.py."""
 
     def __init__(self, tmp: Path, **cfg) -> None:
-        JOBS.append(self)
-        self.dir = tmp
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.cfg = {"out": str(self.dir), "init_file": str(self.dir / "pg-init"), **cfg}
-        config = self.dir / "config.json"
-        config.write_text(json.dumps(self.cfg))
-        base = {k: v for k, v in os.environ.items() if k not in TOPOLOGY_ENV}
-        base.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-        self.started = time.monotonic()
-        self.procs: list[subprocess.Popen] = []
-        for rank in range(WORLD_SIZE):
-            env = dict(base, RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank % PER_NODE),
-                       LOCAL_WORLD_SIZE=str(PER_NODE), FASTDATA_NODE_ID=str(rank // PER_NODE))
-            with open(self.dir / f"log-{rank}.txt", "wb") as log:
-                self.procs.append(subprocess.Popen([sys.executable, "-P", str(WORKER), str(config)],
-                                                   env=env, stdout=log, stderr=log, start_new_session=True))
-
-    def logs(self) -> str:
-        return "\n".join(f"--- rank {r} (rc={p.poll()}):\n"
-                         + (self.dir / f"log-{r}.txt").read_text(errors="replace")[-3000:]
-                         for r, p in enumerate(self.procs))
-
-    def kill(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-        for p in self.procs:
-            p.wait(timeout=30)
-
-    def wait(self, timeout: float = 100) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while any(p.poll() is None for p in self.procs):
-            failed = [p for p in self.procs if p.poll() not in (None, 0)]
-            if failed or time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"job {'failed' if failed else 'timed out'}:\n{self.logs()}")
-            time.sleep(0.05)
-        if any(p.returncode != 0 for p in self.procs):
-            raise AssertionError(f"job failed:\n{self.logs()}")
-        return [json.loads((self.dir / f"result-{r}.json").read_text()) for r in range(WORLD_SIZE)]
-
-    def wait_ready(self, timeout: float = 100) -> None:
-        """Wait until every rank wrote its ready file (it then sleeps), then SIGKILL the job."""
-        deadline = time.monotonic() + timeout
-        while not all((self.dir / f"ready-{r}.json").exists() for r in range(WORLD_SIZE)):
-            if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"job never got ready:\n{self.logs()}")
-            time.sleep(0.02)
-        self.kill()
-        assert all(p.returncode == -signal.SIGKILL for p in self.procs)
+        super().__init__(WORKER, tmp, NODES, PER_NODE, **cfg)
 
 
 def consistent(results: list[dict]) -> list[list[int]]:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
+import _jobs
 import pytest
 import torch
 from _corpus import make_docs, write_jsonl
@@ -28,8 +26,6 @@ import fastdata
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(90)]
 
 WORKER = Path(__file__).with_name("_mp_worker.py")
-TOPOLOGY_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "FASTDATA_NODE_ID",
-                "FASTDATA_RANKS_PER_NODE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 SEQ_LEN, SEED, WINDOW = 32, 7, 4
 GLOBAL_BATCH = 16
 SAVE_STEP = 9  # B3/B4: the checkpoint is taken after this many steps
@@ -38,74 +34,23 @@ SAVE_STEP = 9  # B3/B4: the checkpoint is taken after this many steps
 # ---------------------------------------------------------------------------------- helpers
 
 
-JOBS: list[Job] = []  # every job started, so that none outlives a failed or timed-out test
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _kill_leftover_jobs():
     yield
-    for job in JOBS:
-        job.kill()
+    _jobs.kill_all()
 
 
-class Job:
-    """The ranks of one fake training job: ``nodes`` × ``per_node`` child processes."""
+class Job(_jobs.Job):
+    """The ranks of one fake training job running tests/_mp_worker.py."""
 
     def __init__(self, tmp: Path, nodes: int, per_node: int, **cfg) -> None:
-        JOBS.append(self)
-        self.dir = tmp
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.world_size = nodes * per_node
-        self.cfg = {"out": str(self.dir), "init_file": str(self.dir / "pg-init"), **cfg}
-        config = self.dir / "config.json"
-        config.write_text(json.dumps(self.cfg))
-        base = {k: v for k, v in os.environ.items() if k not in TOPOLOGY_ENV}
-        base.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-        self.procs: list[subprocess.Popen] = []
-        for rank in range(self.world_size):
-            env = dict(base, RANK=str(rank), WORLD_SIZE=str(self.world_size),
-                       LOCAL_RANK=str(rank % per_node), LOCAL_WORLD_SIZE=str(per_node),
-                       FASTDATA_NODE_ID=str(rank // per_node))
-            with open(self.dir / f"log-{rank}.txt", "wb") as log:
-                # own session: SIGKILL to the group takes the DataLoader worker processes too
-                self.procs.append(subprocess.Popen([sys.executable, "-P", str(WORKER), str(config)],
-                                                   env=env, stdout=log, stderr=log, start_new_session=True))
-
-    def logs(self) -> str:
-        return "\n".join(f"--- rank {r} (rc={p.poll()}):\n"
-                         + (self.dir / f"log-{r}.txt").read_text(errors="replace")[-3000:]
-                         for r, p in enumerate(self.procs))
-
-    def kill(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-        for p in self.procs:
-            p.wait(timeout=30)
+        super().__init__(WORKER, tmp, nodes, per_node, **cfg)
 
     def wait(self, timeout: float = 75) -> list[dict]:
-        """Wait for every rank; their results in rank order. Any failure kills the job."""
-        deadline = time.monotonic() + timeout
-        while any(p.poll() is None for p in self.procs):
-            failed = [p for p in self.procs if p.poll() not in (None, 0)]
-            if failed or time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"job {'failed' if failed else 'timed out'}:\n{self.logs()}")
-            time.sleep(0.05)
-        if any(p.returncode != 0 for p in self.procs):
-            raise AssertionError(f"job failed:\n{self.logs()}")
-        return [json.loads((self.dir / f"result-{r}.json").read_text()) for r in range(self.world_size)]
+        return super().wait(timeout)
 
     def wait_ready(self, timeout: float = 75) -> None:
-        """Wait until every rank wrote its ready file (it then sleeps), then SIGKILL the job."""
-        deadline = time.monotonic() + timeout
-        while not all((self.dir / f"ready-{r}.json").exists() for r in range(self.world_size)):
-            if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"job never got ready:\n{self.logs()}")
-            time.sleep(0.05)
-        self.kill()
-        assert all(p.returncode == -signal.SIGKILL for p in self.procs)
+        super().wait_ready(timeout)
 
 
 def pure_order(path: str, world_size: int, per_node: int, batch_size: int, epoch: int = 0,
