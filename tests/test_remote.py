@@ -121,3 +121,39 @@ def test_g4_urls_are_redacted():
     store = Store("az://remote", {"connection_string": "AccountName=a;AccountKey=SIGCANARY123;"
                                                       "BlobEndpoint=http://127.0.0.1:9/a;"})
     assert "SIGCANARY123" not in repr(store) and "SIGCANARY123" not in store.describe("x")
+
+
+def test_g4_pickles_carry_no_credentials(azurite, blob):
+    """A dataset pickled for a worker process holds no key, yet a forked child can reopen it."""
+    import multiprocessing
+    import pickle
+
+    conn = azurite["conn"]
+    key = conn.split("AccountKey=")[1].split(";")[0]
+    store = Store("az://remote", {"connection_string": conn})
+    blob = pickle.dumps(store)
+    assert key.encode() not in blob and key[:12].encode() not in blob
+    sas = Store("az://remote?sv=1&sig=SIGCANARY123", {"connection_string": conn})
+    assert b"SIGCANARY123" not in pickle.dumps(sas)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:  # a forked child resolves the credentials it inherited
+        assert pool.apply(_size_in_child, (blob,)) == SIZE
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process cannot
+        message = pool.apply(_error_in_child, (blob,))
+    assert "credentials are never pickled" in message and key[:12] not in message
+
+
+def _size_in_child(blob: bytes) -> int | None:
+    import pickle
+
+    return pickle.loads(blob).size("blob.bin")
+
+
+def _error_in_child(blob: bytes) -> str:
+    import pickle
+
+    try:
+        pickle.loads(blob)
+    except fastdata.FastdataConfigError as e:
+        return str(e)
+    return "no error"

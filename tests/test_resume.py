@@ -301,6 +301,17 @@ def test_f6_killed_worker_process_raises(data):
             pass
     assert isinstance(err.value, ConnectionError) or "worker" in str(err.value).lower()
     assert time.monotonic() - t0 < 25
+    # shut the dead loader down now: torch's SIGCHLD handler would otherwise keep reporting
+    # the killed worker, into whatever test runs next
+    it.close()
+    del it, err, dl
+    import gc
+
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not multiprocessing.active_children()
 
 
 def test_torchdata_stateful_dataloader(data):

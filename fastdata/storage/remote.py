@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -37,10 +38,45 @@ def is_local(url: str) -> bool:
     return scheme in _LOCAL_SCHEMES or len(scheme) == 1
 
 
+#: Credentials of the stores this process opened, by an opaque id: what a pickled Store
+#: carries instead of them (a forked DataLoader worker finds them here).
+_SECRETS: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
 class Store:
-    """A dataset root on local disk or behind fsspec."""
+    """A dataset root on local disk or behind fsspec.
+
+    A pickled Store holds no credentials (not even a SAS token in the URL): it refers to
+    them by an id that only this process and its forked children can resolve.
+    """
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self._secret_id = ""
+        if storage_options or urlsplit(url).query:
+            self._secret_id = secrets.token_hex(8)
+            _SECRETS[self._secret_id] = (url, dict(storage_options or {}))
+        self._open(url, storage_options)
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._secret_id:
+            return {"secret_id": self._secret_id, "display": self.display}
+        return {"url": self.url}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "url" in state:
+            self._secret_id = ""
+            self._open(state["url"], None)
+            return
+        found = _SECRETS.get(state["secret_id"])
+        if found is None:
+            raise FastdataConfigError(
+                f"cannot reopen {state['display']} in this process: its credentials are never pickled, "
+                "and this process was not forked from the one that opened it; use the threads backend, "
+                "the fork start method, or credentials from the environment")
+        self._secret_id = state["secret_id"]
+        self._open(*found)
+
+    def _open(self, url: str, storage_options: Mapping[str, Any] | None) -> None:
         self.url = url.rstrip("/") or url
         self.display = redact(self.url)
         self.local = is_local(url)
