@@ -223,8 +223,16 @@ class DataLoader:
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             prefetch_factor=max(1, self.prefetch // self.num_workers), timeout=self.timeout,
         )
-        # the worker processes are shut down when this generator (and its iterator) is dropped
-        yield from loader
+        iterator = iter(loader)
+        try:
+            yield from iterator
+        finally:
+            # Stop the workers now, even when a worker died: torch only does it when its
+            # iterator is garbage, and a traceback can keep that alive while torch's SIGCHLD
+            # handler goes on reporting the dead worker into unrelated code.
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
 
 def _chunks(start: int, stop: int, largest: int) -> Iterator[range]:
