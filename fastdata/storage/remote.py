@@ -80,13 +80,17 @@ class Store:
         self.url = url.rstrip("/") or url
         self.display = redact(self.url)
         self.local = is_local(url)
+        self.allow_insecure = False
         if self.local:
             self._root = url[len("file://"):] if url.startswith("file://") else url
             self._fs = None
         else:
             import fsspec  # the one place fastdata touches fsspec
 
-            options = _with_defaults(urlsplit(url).scheme, storage_options or {})
+            options = dict(storage_options or {})
+            self.allow_insecure = bool(options.pop("allow_insecure", False)) or (
+                os.environ.get("FASTDATA_ALLOW_INSECURE") == "1")
+            options = _with_defaults(urlsplit(url).scheme, options)
             try:
                 self._fs, self._root = fsspec.core.url_to_fs(url, **options)
             except (ImportError, ValueError) as e:
