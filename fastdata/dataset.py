@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fastdata import metrics
 from fastdata.errors import FastdataError, FastdataFormatError
 from fastdata.format.manifest import Manifest, ShardTable, TokenizerInfo, parse_manifest
 from fastdata.format.reader import ShardView, gather, open_shard
@@ -104,6 +106,7 @@ class Dataset:
                 self._views.move_to_end(index)
                 return entry[0]
         info = self.shards[index]
+        started = time.perf_counter()
         path, release = self.files.acquire(index)
         try:
             view = open_shard(path)
@@ -127,6 +130,7 @@ class Dataset:
                 dropped.append(self._views.popitem(last=False)[1])
         for _, unpin in dropped:  # the mapping lives on in any array still using it
             unpin()
+        metrics.observe("reader.open", time.perf_counter() - started)
         return view
 
     def __getstate__(self) -> dict[str, Any]:

@@ -17,8 +17,10 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 
+from fastdata import metrics
 from fastdata.atomic import sweep_stale_temps, temp_name
 from fastdata.errors import FastdataConfigError, FastdataIntegrityError
 from fastdata.format.compression import decompress_shard
@@ -102,6 +104,8 @@ class ShardFiles:
             return
         if self.limit is not None:
             self._cache = node_cache(self.root, self.limit)
+            metrics.gauge("cache.used_bytes", self._cache.usage)
+            metrics.gauge("cache.limit_bytes", self.limit)
         else:
             self._dir = os.path.join(self.root, self.namespace)
             os.makedirs(self._dir, mode=0o700, exist_ok=True)
@@ -116,14 +120,21 @@ class ShardFiles:
         self.__dict__.update(state)
         self._setup()
 
-    def acquire(self, index: int, next_use: float = float("inf")) -> tuple[str, Release]:
-        """Path of shard ``index``'s raw file, and the callable that unpins it."""
+    def acquire(self, index: int, next_use: float = float("inf"), *, ahead: bool = False
+                ) -> tuple[str, Release]:
+        """Path of shard ``index``'s raw file, and the callable that unpins it.
+
+        ``ahead`` marks a prefetch: it is counted as ``prefetch.*``, not as a cache hit or miss
+        (those count what the reader found when it needed the shard).
+        """
         info = self.manifest.shards[index]
         if self.in_place:
             return self.store.path(info.name), _nothing
         raw_name = info.name.removesuffix(".zst")
         if self._cache is None:
-            return self._plain(info, raw_name), _nothing
+            path, filled = self._plain(info, raw_name)
+            _count_use(filled, ahead)
+            return path, _nothing
         for _ in range(2):
             filled: list[bool] = []
 
@@ -133,6 +144,7 @@ class ShardFiles:
 
             handle = self._cache.acquire(self.namespace, raw_name, info.raw_bytes, fill, next_use=next_use)
             if filled or self._verified(index, info, handle.path):
+                _count_use(bool(filled), ahead)
                 return handle.path, handle.release
             handle.release()
             self._cache.invalidate(self.namespace, raw_name)
@@ -151,11 +163,12 @@ class ShardFiles:
             self._checked.add(index)
         return True
 
-    def _plain(self, info: ShardInfo, raw_name: str) -> str:
+    def _plain(self, info: ShardInfo, raw_name: str) -> tuple[str, bool]:
+        """The shard's file in the plain directory, and whether it was fetched just now."""
         final = os.path.join(self._dir, raw_name)
         try:
             if os.stat(final).st_size == info.raw_bytes:
-                return final
+                return final, False
         except FileNotFoundError:
             pass
         tmp = os.path.join(self._dir, temp_name(raw_name))
@@ -167,10 +180,21 @@ class ShardFiles:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        return final
+        return final, True
 
     def fill(self, info: ShardInfo, dest: str) -> None:
-        """Write shard ``info``'s verified raw bytes to ``dest``."""
+        """Write shard ``info``'s verified raw bytes to ``dest`` (timed and counted as ``fetch.*``)."""
+        started = time.perf_counter()
+        try:
+            self._fill(info, dest)
+        except BaseException:
+            metrics.count("fetch.failures")
+            raise
+        metrics.observe("fetch.latency", time.perf_counter() - started)
+        metrics.count("fetch.shards")
+        metrics.count("fetch.bytes", 0 if self.store.local else info.stored_bytes)
+
+    def _fill(self, info: ShardInfo, dest: str) -> None:
         where = self.store.describe(info.name)
         if not info.compressed:
             if self.store.local:
@@ -179,7 +203,8 @@ class ShardFiles:
                         out.write(chunk)
                 check_file(dest, info.raw_bytes, info.raw_xxh3_128, where)
             else:
-                download(self.store, info.name, dest, info.stored_bytes, info.xxh3_128, self.policy)
+                download(self.store, info.name, dest, info.stored_bytes, info.xxh3_128, self.policy,
+                         on_retry=_count_retry)
             return
         with tempfile.TemporaryDirectory(prefix="fastdata-zst-") as scratch:
             packed = os.path.join(scratch, info.name)
@@ -187,7 +212,19 @@ class ShardFiles:
                 packed = self.store.path(info.name)
                 check_file(packed, info.stored_bytes, info.xxh3_128, where)
             else:
-                download(self.store, info.name, packed, info.stored_bytes, info.xxh3_128, self.policy)
+                download(self.store, info.name, packed, info.stored_bytes, info.xxh3_128, self.policy,
+                         on_retry=_count_retry)
             out = decompress_shard(packed, dest, info.raw_bytes, atomic=False)
             if out.xxh3_128 != info.raw_xxh3_128:
                 raise mismatch(f"{where} (decompressed)", info.raw_xxh3_128, out.xxh3_128)
+
+
+def _count_retry(attempt: int, error: BaseException) -> None:
+    metrics.count("fetch.retries")
+
+
+def _count_use(fetched: bool, ahead: bool) -> None:
+    if ahead:
+        metrics.count("prefetch.fetched" if fetched else "prefetch.present")
+    else:
+        metrics.count("cache.misses" if fetched else "cache.hits")

@@ -17,10 +17,12 @@ Labels are ``-100`` where no loss is taken: padding, positions past a document's
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from fastdata import metrics
 from fastdata.dataset import Dataset
 from fastdata.errors import FastdataConfigError
 from fastdata.format.reader import gather
@@ -84,7 +86,11 @@ class BatchAssembler:
         if not len(spans):
             return
         shards, spans[:, 0] = np.unique(spans[:, 0], return_inverse=True)
-        gather([self.data.shard(int(s)) for s in shards], spans, out, mask)
+        views = [self.data.shard(int(s)) for s in shards]
+        started = time.perf_counter()
+        gather(views, spans, out, mask)
+        metrics.observe("reader.gather", time.perf_counter() - started)
+        metrics.count("reader.tokens", len(out))
 
     def _read(self, rows: list[tuple[int, int, int]] | np.ndarray, total: int
               ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -191,7 +191,7 @@ class TokenDataset(IterableDataset):
         """Make sure shard ``key`` (from :meth:`shards_of`) is cached; returns its raw size."""
         data = self.datasets[key >> 40]
         shard = key & ((1 << 40) - 1)
-        _, release = data.files.acquire(shard, next_use=step)
+        _, release = data.files.acquire(shard, next_use=step, ahead=True)
         release()
         return data.shards[shard].raw_bytes
 

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 
 import lmdb
 
+from fastdata import metrics
 from fastdata._testing import pause_point
 from fastdata.atomic import sweep_stale_temps, temp_name
 from fastdata.errors import FastdataCacheError, FastdataConfigError, FastdataIntegrityError
@@ -500,6 +501,8 @@ class NodeCache:
                         pause_point("mid_evict")
                     txn.delete(k, db=dbs["entries"])
                     self._count(txn, dbs, b"files", -esize)
+                    metrics.count("cache.evictions")
+                    metrics.count("cache.evicted_bytes", esize)
                     need -= esize
             res, tmp = self._me + os.urandom(8), temp_name(key.decode().split("\0")[1])
             txn.put(res, _U64.pack(size) + key + b"\0" + tmp.encode(), db=dbs["reserve"])

@@ -1,0 +1,157 @@
+"""Where the time goes: counters and timings from every layer, in one place.
+
+Each process has one :data:`registry`. The storage layer counts fetched bytes, fetch
+latencies and retries; the cache counts hits, misses and evictions; the reader counts
+gather time; the loader measures, where the training loop calls ``next()``, how long the
+loop waited for data (see ``fastdata.DataLoader.metrics``). DataLoader worker processes
+send their increments to the main process with the batches, so the main process's
+figures include theirs.
+
+Recording costs a lock and a dict update (well under a microsecond); nothing here is
+per-token. Names are dotted (``fetch.bytes``); timings are kept in log-spaced buckets, so
+p50/p99 cost O(1) memory whatever the run length.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+#: Bucket ``i`` holds durations in ``[2**((i - 1) / 4), 2**(i / 4))`` microseconds: 19 %
+#: wide, from 1 µs to about 1.2 days.
+_PER_DOUBLING = 4
+_BUCKETS = 4 * 37
+
+
+def _bucket(seconds: float) -> int:
+    micros = seconds * 1e6
+    if micros <= 1.0:
+        return 0
+    return min(_BUCKETS - 1, int(math.ceil(math.log2(micros) * _PER_DOUBLING)))
+
+
+def _bucket_value(i: int) -> float:
+    """A representative duration of bucket ``i``, in seconds (its geometric middle)."""
+    return 2 ** ((i - 0.5) / _PER_DOUBLING) / 1e6 if i else 1e-6
+
+
+class Registry:
+    """Counters (monotone sums), gauges (last value, or a callable read at snapshot time)
+    and timings (count, sum and buckets) under dotted names; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, float] = {}
+        self._gauges: dict[str, float | Callable[[], float]] = {}
+        self._timings: dict[str, list[float]] = {}  # name -> [count, sum, *buckets]
+
+    def count(self, name: str, value: float = 1) -> None:
+        with self._lock:
+            self._counters[name] = self._counters.get(name, 0) + value
+
+    def gauge(self, name: str, value: float | Callable[[], float]) -> None:
+        with self._lock:
+            self._gauges[name] = value
+
+    def observe(self, name: str, seconds: float) -> None:
+        with self._lock:
+            t = self._timings.get(name)
+            if t is None:
+                t = self._timings[name] = [0.0] * (2 + _BUCKETS)
+            t[0] += 1
+            t[1] += seconds
+            t[2 + _bucket(seconds)] += 1
+
+    def export(self) -> dict[str, Any]:
+        """Raw, mergeable figures (plain numbers and lists, for a worker to send)."""
+        with self._lock:
+            return {"counters": dict(self._counters),
+                    "timings": {k: list(v) for k, v in self._timings.items()}}
+
+    def merge(self, raw: Mapping[str, Any]) -> None:
+        """Add figures ``export()``-ed elsewhere (or a :func:`delta` of them) into this one."""
+        with self._lock:
+            for name, value in raw.get("counters", {}).items():
+                self._counters[name] = self._counters.get(name, 0) + value
+            for name, values in raw.get("timings", {}).items():
+                t = self._timings.setdefault(name, [0.0] * (2 + _BUCKETS))
+                for i, v in enumerate(values):
+                    t[i] += v
+
+    def snapshot(self) -> dict[str, float]:
+        """Every figure as a flat ``{name: number}``: counters and gauges as they are, each
+        timing as ``name.count``, ``name.seconds``, ``name.p50`` and ``name.p99`` (seconds)."""
+        with self._lock:
+            out = dict(self._counters)
+            gauges = dict(self._gauges)
+            timings = {k: list(v) for k, v in self._timings.items()}
+        for name, value in gauges.items():
+            try:
+                out[name] = float(value() if callable(value) else value)
+            except Exception:  # noqa: BLE001 - a gauge that cannot be read is left out
+                continue
+        for name, t in timings.items():
+            out[f"{name}.count"], out[f"{name}.seconds"] = t[0], t[1]
+            out[f"{name}.p50"], out[f"{name}.p99"] = _quantile(t, 0.5), _quantile(t, 0.99)
+        return out
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counters.clear()
+            self._timings.clear()
+
+
+def _quantile(t: list[float], q: float) -> float:
+    count = t[0]
+    if not count:
+        return 0.0
+    rank, seen = q * count, 0.0
+    for i, n in enumerate(t[2:]):
+        seen += n
+        if seen >= rank and n:
+            return _bucket_value(i)
+    return _bucket_value(_BUCKETS - 1)
+
+
+def delta(now: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
+    """``now - before`` of two :meth:`Registry.export` results (what changed in between)."""
+    counters = {k: v - before.get("counters", {}).get(k, 0) for k, v in now.get("counters", {}).items()}
+    timings = {}
+    for name, values in now.get("timings", {}).items():
+        old = before.get("timings", {}).get(name)
+        timings[name] = values if old is None else [a - b for a, b in zip(values, old)]
+    return {"counters": {k: v for k, v in counters.items() if v},
+            "timings": {k: v for k, v in timings.items() if v[0]}}
+
+
+#: This process's figures.
+registry = Registry()
+count, gauge, observe = registry.count, registry.gauge, registry.observe
+
+
+def prometheus_text(snapshot: Mapping[str, float], prefix: str = "fastdata",
+                    labels: Mapping[str, str] | None = None) -> str:
+    """A snapshot in the Prometheus text exposition format (every figure a gauge)."""
+    label_text = ""
+    if labels:
+        inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
+        label_text = "{" + inner + "}"
+    lines = []
+    for name in sorted(snapshot):
+        metric = f"{prefix}_{name}".replace(".", "_").replace("-", "_")
+        lines.append(f"# TYPE {metric} gauge")
+        lines.append(f"{metric}{label_text} {float(snapshot[name])!r}")
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def to_tensorboard(writer: Any, snapshot: Mapping[str, float], step: int, prefix: str = "fastdata") -> None:
+    """Write a snapshot to a ``torch.utils.tensorboard.SummaryWriter`` (anything with
+    ``add_scalar(tag, value, step)``) as ``fastdata/<name with / for .>``."""
+    for name, value in sorted(snapshot.items()):
+        writer.add_scalar(f"{prefix}/{name.replace('.', '/')}", float(value), step)
