@@ -24,28 +24,92 @@ from fastdata.errors import FastdataError, FastdataFormatError
 from fastdata.format.manifest import Manifest, ShardTable, TokenizerInfo, parse_manifest
 from fastdata.format.reader import ShardView, gather, open_shard
 from fastdata.format.spec import DTYPE_CODES, DTYPES, MANIFEST_NAME
-from fastdata.shard_files import Release, ShardFiles, check_file
+from fastdata.shard_files import Release, ShardFiles, check_file, default_cache_dir
 from fastdata.storage.download import retrying
+from fastdata.storage.manifest_copies import ManifestCopies
 from fastdata.storage.remote import Store
 from fastdata.units import parse_size
 
 log = logging.getLogger(__name__)
 
 
-def load_manifest(store: Store) -> Manifest:
-    """Read and validate the manifest of the dataset at ``store``."""
+def load_manifest(store: Store, cache_root: str | None = None) -> Manifest:
+    """Read and validate the manifest of the dataset at ``store``.
+
+    Args:
+        store: the dataset root.
+        cache_root: a node cache root. For a remote store, the manifest (and its shard table)
+            is then kept there and revalidated with one HEAD of the manifest's ETag, so the
+            processes of a node download it once, and again only when it changes
+            (:mod:`fastdata.storage.manifest_copies`). Local stores are read directly.
+
+    Raises:
+        FastdataFormatError: the manifest is missing, incomplete or invalid.
+        FastdataDownloadError: it could not be read within the retry budget.
+    """
     where = store.describe(MANIFEST_NAME)
-    if store.size(MANIFEST_NAME) is None:
-        raise FastdataFormatError(
-            f"{where} does not exist: not a fastdata dataset, or its pack has not finished"
-        )
     if store.local:
+        if store.size(MANIFEST_NAME) is None:
+            raise _no_manifest(where)
         return parse_manifest(store.read_bytes(MANIFEST_NAME), where, read_table=store.map_bytes)
+    etag = retrying(where, lambda: _etag(store, where))  # one HEAD; also says whether it exists
+    copies = ManifestCopies.at(cache_root, store.display) if cache_root and etag else None
+    if copies is None:
+        return parse_manifest(_fetch(store, MANIFEST_NAME), where, read_table=lambda n: _fetch(store, n))
+    cached = copies.load(etag)
+    if cached is None:
+        with copies.locked():
+            cached = copies.load(etag)  # another process of the node may have fetched it meanwhile
+            if cached is None:
+                return _fetch_and_keep(store, copies, etag)
+    try:
+        return parse_manifest(cached, where, read_table=lambda n: _kept_table(store, copies, n))
+    except FastdataFormatError as e:  # a damaged copy: fetch as if there were none
+        log.warning("dropping the node's copy of %s: %s", where, e)
+        with copies.locked():
+            return _fetch_and_keep(store, copies, etag)
 
-    def fetch(name: str) -> bytes:  # small objects, read whole, retried like shards
-        return retrying(store.describe(name), lambda: store.read_bytes(name))
 
-    return parse_manifest(fetch(MANIFEST_NAME), where, read_table=fetch)
+def _no_manifest(where: str) -> FastdataFormatError:
+    return FastdataFormatError(
+        f"{where} does not exist: not a fastdata dataset, or its pack has not finished")
+
+
+def _etag(store: Store, where: str) -> str:
+    try:
+        return store.etag(MANIFEST_NAME) or ""
+    except FileNotFoundError:
+        raise _no_manifest(where) from None
+
+
+def _fetch(store: Store, name: str) -> bytes:
+    """A small object read whole, retried like shards."""
+    return retrying(store.describe(name), lambda: store.read_bytes(name))
+
+
+def _fetch_and_keep(store: Store, copies: ManifestCopies, etag: str) -> Manifest:
+    tables: dict[str, bytes] = {}
+
+    def table(name: str) -> bytes:
+        tables[name] = _fetch(store, name)
+        return tables[name]
+
+    text = _fetch(store, MANIFEST_NAME)  # after the ETag: a change in between is fetched again later
+    manifest = parse_manifest(text, store.describe(MANIFEST_NAME), read_table=table)
+    for name, data in tables.items():  # checked by parse_manifest; kept before the manifest copy
+        copies.save_table(name, data)
+    copies.save(etag, text)
+    return manifest
+
+
+def _kept_table(store: Store, copies: ManifestCopies, name: str) -> bytes:
+    """The node's copy of a manifest's shard table, fetched and kept when there is none
+    (parse_manifest checks its size and hash either way)."""
+    data = copies.load_table(name)
+    if data is None:
+        data = _fetch(store, name)
+        copies.save_table(name, data)
+    return data
 
 
 class Dataset:
@@ -219,6 +283,7 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None,
         storage_options: passed to fsspec for remote URLs (credentials stay out of messages).
         cache_dir: where remote or compressed shards are copied and decompressed;
             default ``$TMPDIR/fastdata-<uid>``. Local uncompressed shards are read in place.
+            A remote manifest is kept there too, revalidated by its ETag on every open.
         cache_limit: bytes (or "400GB") the node cache may hold; with it, ``cache_dir`` is a
             node-wide cache shared by every process on the machine, evicting what is not in use.
 
@@ -227,7 +292,7 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None,
     """
     store = Store(url, storage_options)
     limit = None if cache_limit is None else parse_size(cache_limit)
-    return Dataset(store, load_manifest(store), cache_dir, limit)
+    return Dataset(store, load_manifest(store, cache_dir or default_cache_dir()), cache_dir, limit)
 
 
 @dataclass(frozen=True)
