@@ -81,10 +81,10 @@ def watch_unlinks(events: list) -> None:
 
 
 def du(path: str) -> int:
-    """Bytes of the files under ``path`` (temp files included), without LMDB's bookkeeping."""
+    """Bytes of the files under ``path`` (temp files included), without the cache's bookkeeping."""
     total = 0
     for root, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if d != ".fastdata-cache.lmdb"]
+        dirs[:] = [d for d in dirs if not d.startswith(".fastdata-cache")]  # LMDB, manifest copies
         for n in files:
             try:
                 total += os.lstat(os.path.join(root, n)).st_size

@@ -53,7 +53,7 @@ GLOBAL = MICRO * WORLD_SIZE
 SEQ_LEN, SEED, WINDOW, PARTITIONS = 32, 11, 2, WORLD_SIZE
 DOCS = 1200
 SAVE_STEP = 120  # the checkpoint of the killed job; it is killed two steps later
-DB_DIR = ".fastdata-cache.lmdb"
+BOOKKEEPING = ".fastdata-cache"  # LMDB and the manifest copies: not shard files, not counted by the limit
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -81,10 +81,10 @@ def shard_gets(proxy: FaultProxy, names: dict[str, int]) -> list[tuple[float, in
 
 
 def du(path: str) -> int:
-    """Bytes of the files under ``path`` (temp files included), without LMDB's bookkeeping."""
+    """Bytes of the files under ``path`` (temp files included), without the cache's bookkeeping."""
     total = 0
     for root, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if d != DB_DIR]
+        dirs[:] = [d for d in dirs if not d.startswith(BOOKKEEPING)]
         for n in files:
             try:
                 total += os.lstat(os.path.join(root, n)).st_size
@@ -175,7 +175,7 @@ def warnings_of(results: list[dict], node: int | None = None) -> list[str]:
 def cached_files(cache: str) -> dict[str, str]:
     """name -> path of the published shard files in a node cache."""
     return {n: os.path.join(root, n) for root, dirs, files in os.walk(cache)
-            for n in files if not n.startswith(".") and DB_DIR not in root}
+            for n in files if not n.startswith(".") and BOOKKEEPING not in root}
 
 
 # ---------------------------------------------------------------------------------- fixtures
