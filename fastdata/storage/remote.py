@@ -83,7 +83,7 @@ class Store:
         self.allow_insecure = False
         if self.local:
             self._root = url[len("file://"):] if url.startswith("file://") else url
-            self._fs = None
+            self._fs_made = (None, os.getpid(), url, {})
         else:
             import fsspec  # the one place fastdata touches fsspec
 
@@ -92,11 +92,25 @@ class Store:
                 os.environ.get("FASTDATA_ALLOW_INSECURE") == "1")
             options = _with_defaults(urlsplit(url).scheme, options)
             try:
-                self._fs, self._root = fsspec.core.url_to_fs(url, **options)
+                fs, self._root = fsspec.core.url_to_fs(url, **options)
             except (ImportError, ValueError) as e:
                 raise FastdataConfigError(f"cannot open {self.display}: {redact(str(e))}") from None
             self._root = self._root.rstrip("/")
-            _own_the_retries(self._fs)
+            _own_the_retries(fs)
+            self._fs_made = (fs, os.getpid(), url, options)
+
+    @property
+    def _fs(self) -> Any:
+        """The fsspec filesystem, made again in a forked child: async filesystems (adlfs, s3fs,
+        http) refuse to run in a process other than the one that made them."""
+        fs, pid, url, options = self._fs_made
+        if fs is not None and pid != os.getpid():
+            import fsspec
+
+            fs = fsspec.core.url_to_fs(url, **options)[0]
+            _own_the_retries(fs)
+            self._fs_made = (fs, os.getpid(), url, options)
+        return fs
 
     def __repr__(self) -> str:
         return f"Store({self.display!r})"
