@@ -32,15 +32,12 @@ from fastdata.atomic import sweep_stale_temps
 from fastdata.errors import (
     FastdataConfigError,
     FastdataFormatError,
-    FastdataInputError,
-    FastdataIOError,
 )
-from fastdata.format.compression import compress_shard
 from fastdata.format.manifest import Manifest, ShardInfo, parse_manifest
 from fastdata.format.shard_table import TABLE_NAME
-from fastdata.format.spec import DTYPE_CODES, DTYPES, MANIFEST_NAME, dtype_for_vocab
-from fastdata.format.writer import write_shard
+from fastdata.format.spec import DTYPE_CODES, MANIFEST_NAME, dtype_for_vocab
 from fastdata.pack.encode import EncodeOptions, TaskResult, encode_task
+from fastdata.pack.shards import ShardCutter, ShardForm, publish_shard, target_tokens
 from fastdata.pack.sources import BLOCK_BYTES, Task, expand_inputs, plan_tasks
 from fastdata.pack.tokenizers import HFTokenizer, load_tokenizer
 from fastdata.storage.remote import Store
@@ -89,6 +86,7 @@ class PackProgress:
     skipped: Counter[str] = field(default_factory=Counter)
     first_skipped: list[str] = field(default_factory=list)
     resumed_shards: int = 0
+    resumed_tasks: int = 0  #: input tasks an earlier Ray run had encoded (``--engine ray``)
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -149,13 +147,11 @@ def _take(segments: deque[_Segment], ndocs: int) -> tuple[np.ndarray, np.ndarray
 class _ShardSink:
     """Cuts the ordered document stream into shards and publishes them."""
 
-    def __init__(self, config: PackConfig, store: Store, dtype: str, chat: bool,
-                 journal: _Journal) -> None:
-        self.config, self.store, self.dtype, self.chat = config, store, dtype, chat
-        self.itemsize = DTYPES[DTYPE_CODES[dtype]].itemsize
-        self.journal = journal
+    def __init__(self, config: PackConfig, store: Store, dtype: str, journal: _Journal) -> None:
+        self.store, self.journal = store, journal
+        self.form = ShardForm(dtype, config.encode.read.chat, config.compression)
+        self.cutter = ShardCutter(target_tokens(config.shard_size, dtype))
         self.pending: deque[_Segment] = deque()
-        self.pending_tokens = 0
         self.staging = tempfile.mkdtemp(prefix="fastdata-pack-")
 
     def close(self) -> None:
@@ -165,51 +161,20 @@ class _ShardSink:
         if len(result.lengths):
             self.pending.append(_Segment(task, first_doc, result.tokens, result.lengths,
                                          result.mask))
-            self.pending_tokens += len(result.tokens)
-        target = -(-self.config.shard_size // self.itemsize)
-        while self.pending_tokens >= target:
-            lengths = np.concatenate([s.lengths for s in self.pending])
-            ndocs = int(np.searchsorted(np.cumsum(lengths), target)) + 1
+        for ndocs in self.cutter.add(result.lengths):
             self._emit(ndocs, next_task=task + 1)
 
     def finish(self, next_task: int) -> None:
-        if self.pending:
-            self._emit(sum(len(s.lengths) for s in self.pending), next_task)
+        ndocs = self.cutter.finish()
+        if ndocs:
+            self._emit(ndocs, next_task)
 
     def _emit(self, ndocs: int, next_task: int) -> None:
         tokens, lengths, mask = _take(self.pending, ndocs)
-        self.pending_tokens -= len(tokens)
-        if self.dtype == "uint16" and len(tokens) and int(tokens.max()) > 0xFFFF:
-            raise FastdataInputError(f"token id {int(tokens.max())} does not fit uint16")
-        if self.chat and mask is None:
-            mask = np.zeros(len(tokens), np.uint8)
-        info = self._write(len(self.journal.shards), tokens, lengths, mask)
+        info = publish_shard(self.store, self.form, len(self.journal.shards),
+                             TaskResult(tokens, lengths, mask, 0), self.staging)
         position = (self.pending[0].task, self.pending[0].first_doc) if self.pending else (next_task, 0)
         self.journal.record(info, position)
-
-    def _write(self, index: int, tokens: np.ndarray, lengths: np.ndarray,
-               mask: np.ndarray | None) -> ShardInfo:
-        raw_name = f"shard-{index:05d}.fds"
-        direct = self.store.local and self.config.compression is None
-        raw_path = self.store.path(raw_name) if direct else os.path.join(self.staging, raw_name)
-        try:
-            raw = write_shard(raw_path, tokens, lengths, mask, self.dtype)
-        except OSError as e:
-            raise FastdataIOError(f"writing {raw_path} failed: {e.strerror or e}") from None
-        name, stored = raw_name, raw
-        if self.config.compression == "zstd":
-            name = raw_name + ".zst"
-            final = self.store.path(name) if self.store.local else os.path.join(self.staging, name)
-            stored = compress_shard(raw_path, final)
-            os.unlink(raw_path)
-            raw_path = final
-        if not (self.store.local and raw_path == self.store.path(name)):
-            pause_point("mid_upload")
-            self.store.publish(raw_path, name)
-            if os.path.exists(raw_path):
-                os.unlink(raw_path)
-        return ShardInfo(name, stored.size, raw.size, len(lengths), len(tokens),
-                         stored.xxh3_128, raw.xxh3_128)
 
 
 class _Journal:
@@ -338,16 +303,24 @@ def _check_output(store: Store, overwrite: bool) -> None:
         store.remove(name)
 
 
-def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = None) -> PackResult:
-    """Pack ``config.inputs`` into a dataset at ``config.output``.
+@dataclass(frozen=True)
+class PackPlan:
+    """What both engines settle before tokenizing: the tasks, the output and the job's identity."""
 
-    Returns:
-        The manifest written and the final totals.
+    tokenizer: Any
+    dtype: str
+    tasks: list[Task]
+    store: Store
+    job: str  #: fingerprint of inputs and arguments; a journal of another job is refused
+    provenance: dict[str, Any]
+
+
+def plan_pack(config: PackConfig) -> PackPlan:
+    """Load the tokenizer, cut the inputs into tasks and prepare the output root.
 
     Raises:
-        FastdataConfigError: bad arguments, or the output holds another job.
-        FastdataInputError: a bad record under ``on_error=raise``.
-        FastdataIOError: the output cannot be written.
+        FastdataConfigError: bad arguments, or a finished dataset is there without ``overwrite``.
+        FastdataIOError: the output cannot be created.
     """
     tok = load_tokenizer(config.encode.tokenizer)
     dtype = resolve_dtype(config.dtype, tok.info.vocab_size)
@@ -359,14 +332,30 @@ def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = N
         sweep_stale_temps(store.path(""))
     _check_output(store, config.overwrite)
     job, provenance = _job_fingerprint(config, files, tok.info.fingerprint, dtype)
+    return PackPlan(tok, dtype, tasks, store, job, provenance)
+
+
+def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = None) -> PackResult:
+    """Pack ``config.inputs`` into a dataset at ``config.output``.
+
+    Returns:
+        The manifest written and the final totals.
+
+    Raises:
+        FastdataConfigError: bad arguments, or the output holds another job.
+        FastdataInputError: a bad record under ``on_error=raise``.
+        FastdataIOError: the output cannot be written.
+    """
+    plan = plan_pack(config)
+    tasks, store = plan.tasks, plan.store
     totals = PackProgress()
-    journal = _Journal(store, job, totals)
+    journal = _Journal(store, plan.job, totals)
     if config.overwrite:
         store.remove(JOURNAL_NAME)
     else:
         journal.load()
     start_task, skip_docs = journal.position
-    sink = _ShardSink(config, store, dtype, config.encode.read.chat, journal)
+    sink = _ShardSink(config, store, plan.dtype, journal)
     try:
         results = _ordered_results(tasks[start_task:], config.encode, config.workers)
         for i, result in enumerate(results, start=start_task):
@@ -380,7 +369,7 @@ def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = N
         sink.finish(len(tasks))
     finally:
         sink.close()
-    return PackResult(_finish(store, journal, tok, dtype, config, provenance), totals)
+    return PackResult(write_manifest(plan, config, journal.shards), totals)
 
 
 def _drop_docs(result: TaskResult, n: int) -> TaskResult:
@@ -399,17 +388,18 @@ def _tally(totals: PackProgress, result: TaskResult) -> None:
     totals.first_skipped += result.first_skipped[: max(room, 0)]
 
 
-def _finish(store: Store, journal: _Journal, tok: Any, dtype: str, config: PackConfig,
-            provenance: dict[str, Any]) -> Manifest:
+def write_manifest(plan: PackPlan, config: PackConfig, shards: Sequence[ShardInfo]) -> Manifest:
+    """Write the tokenizer copy, the manifest (last) and drop the journal."""
+    store, tok = plan.store, plan.tokenizer
     pause_point("after_shards_before_manifest")
     if isinstance(tok, HFTokenizer):
         store.write_bytes(TOKENIZER_NAME, tok.source_bytes)
     from fastdata import __version__
 
     manifest = Manifest(
-        dtype=dtype, has_loss_mask=config.encode.read.chat, compression=config.compression,
-        tokenizer=tok.info, shards=tuple(journal.shards),
-        provenance={"fastdata_version": __version__, **provenance},
+        dtype=plan.dtype, has_loss_mask=config.encode.read.chat, compression=config.compression,
+        tokenizer=tok.info, shards=tuple(shards),
+        provenance={"fastdata_version": __version__, **plan.provenance},
     )
     text, table = manifest.serialize()
     if table is not None:

@@ -1,0 +1,109 @@
+"""Shard boundaries and shard publishing, shared by the local and the Ray pack engines.
+
+:class:`ShardCutter` decides where shards end from document lengths alone (pure), and
+:func:`publish_shard` writes one shard and puts it under its final name. Both engines use
+them, which is what makes their outputs byte-identical.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastdata._testing import pause_point
+from fastdata.errors import FastdataInputError, FastdataIOError
+from fastdata.format.compression import compress_shard
+from fastdata.format.manifest import ShardInfo
+from fastdata.format.spec import DTYPE_CODES, DTYPES
+from fastdata.format.writer import write_shard
+from fastdata.pack.encode import TaskResult
+from fastdata.storage.remote import Store
+
+
+class ShardCutter:
+    """Where shards end in the ordered document stream (pure; shared by both engines).
+
+    A shard closes at the first document that brings its payload to at least ``target``
+    tokens; the last shard takes whatever is left. Documents are fed in task order, one
+    task's lengths at a time, so the cuts depend only on the global document stream.
+    """
+
+    def __init__(self, target_tokens: int) -> None:
+        self.target = target_tokens
+        self._pending: list[np.ndarray] = []
+        self._tokens = 0
+
+    def add(self, lengths: np.ndarray) -> list[int]:
+        """Take the next task's document lengths; return the document counts of the shards
+        this closes, in order."""
+        if len(lengths):
+            self._pending.append(lengths)
+            self._tokens += int(lengths.sum())
+        cuts = []
+        while self._tokens >= self.target:
+            pending = np.concatenate(self._pending)
+            ends = np.cumsum(pending)
+            ndocs = int(np.searchsorted(ends, self.target)) + 1
+            cuts.append(ndocs)
+            self._tokens -= int(ends[ndocs - 1])
+            self._pending = [pending[ndocs:]] if ndocs < len(pending) else []
+        return cuts
+
+    def finish(self) -> int:
+        """The document count of the last shard (0 when nothing is left)."""
+        return sum(len(p) for p in self._pending)
+
+
+def target_tokens(shard_size: int, dtype: str) -> int:
+    """Tokens of ``dtype`` that fill ``shard_size`` payload bytes, rounded up."""
+    return -(-shard_size // DTYPES[DTYPE_CODES[dtype]].itemsize)
+
+
+@dataclass(frozen=True)
+class ShardForm:
+    """How shards of one pack are encoded."""
+
+    dtype: str  #: "uint16" or "uint32"
+    chat: bool  #: shards carry a loss mask
+    compression: str | None  #: None or "zstd"
+
+
+def publish_shard(store: Store, form: ShardForm, index: int, docs: TaskResult,
+                  staging: str) -> ShardInfo:
+    """Write shard number ``index`` holding ``docs`` and publish it under its final name.
+
+    Local uncompressed shards are written in place (temp file + rename); anything else is
+    built in ``staging`` and then published (compressed, uploaded).
+
+    Raises:
+        FastdataInputError: a token id does not fit ``form.dtype``.
+        FastdataIOError: the shard cannot be written or published.
+    """
+    tokens, lengths, mask = docs.tokens, docs.lengths, docs.mask
+    if form.dtype == "uint16" and len(tokens) and int(tokens.max()) > 0xFFFF:
+        raise FastdataInputError(f"token id {int(tokens.max())} does not fit uint16")
+    if form.chat and mask is None:
+        mask = np.zeros(len(tokens), np.uint8)
+    raw_name = f"shard-{index:05d}.fds"
+    direct = store.local and form.compression is None
+    raw_path = store.path(raw_name) if direct else os.path.join(staging, raw_name)
+    try:
+        raw = write_shard(raw_path, tokens, lengths, mask, form.dtype)
+    except OSError as e:
+        raise FastdataIOError(f"writing {raw_path} failed: {e.strerror or e}") from None
+    name, stored = raw_name, raw
+    if form.compression == "zstd":
+        name = raw_name + ".zst"
+        final = store.path(name) if store.local else os.path.join(staging, name)
+        stored = compress_shard(raw_path, final)
+        os.unlink(raw_path)
+        raw_path = final
+    if not (store.local and raw_path == store.path(name)):
+        pause_point("mid_upload")
+        store.publish(raw_path, name)
+        if os.path.exists(raw_path):
+            os.unlink(raw_path)
+    return ShardInfo(name, stored.size, raw.size, len(lengths), len(tokens),
+                     stored.xxh3_128, raw.xxh3_128)
