@@ -155,3 +155,29 @@ def to_tensorboard(writer: Any, snapshot: Mapping[str, float], step: int, prefix
     ``add_scalar(tag, value, step)``) as ``fastdata/<name with / for .>``."""
     for name, value in sorted(snapshot.items()):
         writer.add_scalar(f"{prefix}/{name.replace('.', '/')}", float(value), step)
+
+
+def combined(*registries: Registry) -> dict[str, float]:
+    """One snapshot of several registries: counters and timings added, gauges of all."""
+    total = Registry()
+    for r in registries:
+        total.merge(r.export())
+        with r._lock:
+            total._gauges.update(r._gauges)
+    return total.snapshot()
+
+
+def summary_line(snap: Mapping[str, float]) -> str:
+    """The figures a person looks at first, on one line."""
+    parts = [f"{snap.get('loader.tokens_per_second', 0) / 1e6:.2f} M tok/s"]
+    if snap.get("loader.step.count"):
+        parts.append(f"data-wait {100 * snap.get('loader.data_wait_share', 0):.1f} % "
+                     f"(p99 {1e3 * snap.get('loader.wait.p99', 0):.1f} ms)")
+    if "cache.hit_rate" in snap:
+        parts.append(f"cache hit {100 * snap['cache.hit_rate']:.1f} %")
+    if snap.get("fetch.bytes"):
+        parts.append(f"fetch {snap.get('fetch.mb_per_s', 0):.1f} MB/s "
+                     f"(p50 {1e3 * snap.get('fetch.latency.p50', 0):.0f} ms/shard)")
+    if snap.get("fetch.retries"):
+        parts.append(f"{snap['fetch.retries']:.0f} retries")
+    return ", ".join(parts)

@@ -16,6 +16,7 @@ a resume.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from fastdata import metrics
 from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.loader.dataset import TokenDataset
 from fastdata.loader.prefetch import Prefetcher
@@ -31,23 +33,34 @@ from fastdata.sampling.order import EpochOrder, Stripe
 from fastdata.world import World
 
 log = logging.getLogger(__name__)
+metrics_log = logging.getLogger("fastdata.metrics")
 BACKENDS = ("threads", "processes")
 
 
 class _StepStream(torch.utils.data.IterableDataset):
-    """What worker processes iterate: (step, batch) of the steps in their lane."""
+    """What worker processes iterate: (step, batch, metrics) of the steps in their lane, where
+    metrics is what this worker's figures grew by since it last sent them (or None)."""
+
+    #: Seconds between two metric updates from a worker (and one with its last batch).
+    report_every = 0.25
 
     def __init__(self, dataset: TokenDataset, world: World, epoch: int, start: int) -> None:
         self.dataset, self.world, self.epoch, self.start = dataset, world, epoch, start
 
-    def __iter__(self) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    def __iter__(self) -> Iterator[tuple[int, dict[str, torch.Tensor], dict | None]]:
         worker, num_workers = World.current_worker()
         order = self.dataset.epoch_order(self.epoch, self.world)
         stripe = Stripe.of(order.config.global_batch, self.world.rank, self.world.world_size,
                            worker, num_workers)
-        for step in stripe.steps(self.start, order.num_steps):
-            batch = self.dataset.batch(order, stripe, step)
-            yield step, {k: torch.from_numpy(v) for k, v in batch.items()}
+        sent, sent_at = metrics.registry.export(), time.monotonic()  # a forked worker inherits figures
+        steps = stripe.steps(self.start, order.num_steps)
+        for i, step in enumerate(steps):
+            batch = {k: torch.from_numpy(v) for k, v in self.dataset.batch(order, stripe, step).items()}
+            update = None
+            if i == len(steps) - 1 or time.monotonic() - sent_at >= self.report_every:
+                now = metrics.registry.export()
+                update, sent, sent_at = metrics.delta(now, sent), now, time.monotonic()
+            yield step, batch, update
 
 
 class DataLoader:
@@ -63,12 +76,14 @@ class DataLoader:
         timeout: seconds to wait for a batch from a worker process before raising.
         prefetch_bytes: how far ahead (in shard bytes) remote shards are fetched into the
             cache by a background thread (threads backend; 0 turns it off).
+        log_every: log a line of :meth:`metrics` (logger ``fastdata.metrics``, level INFO)
+            every this many steps; 0 (default) logs nothing.
     """
 
     def __init__(  # noqa: PLR0913 - mirrors torch's DataLoader arguments
         self, dataset: TokenDataset, batch_size: int, *, num_workers: int = 2,
         pin_memory: bool = False, prefetch: int | None = None, backend: str = "threads",
-        timeout: float = 0, prefetch_bytes: int = 2 << 30,
+        timeout: float = 0, prefetch_bytes: int = 2 << 30, log_every: int = 0,
     ) -> None:
         if backend not in BACKENDS:
             raise FastdataConfigError(f"unknown backend {backend!r}; use one of {BACKENDS}")
@@ -91,6 +106,9 @@ class DataLoader:
         self._position: tuple[int, int] | None = None  # (epoch, next step) of the live epoch
         self._pending: StreamState | None = None
         self._generation = 0  # bumped by load_state_dict to retire live iterators
+        self.log_every = log_every
+        self._stats = metrics.Registry()  # this loader's step timings, and its workers' figures
+        self._started: float | None = None  # when the training loop first asked for a batch
 
     def __len__(self) -> int:
         return self.dataset.steps_per_epoch(self.world)
@@ -130,6 +148,48 @@ class DataLoader:
         self._pending = parsed
         self._generation += 1
 
+    # ------------------------------------------------------------------ metrics
+
+    def metrics(self, all_ranks: bool = False) -> dict[str, float]:
+        """Where the time goes, as a flat ``{name: number}`` snapshot (seconds, bytes, counts).
+
+        ``loader.*`` is measured where the training loop calls ``next()``: ``loader.wait`` is
+        the time it waited for each batch after the first (p50/p99), ``loader.step`` the time
+        between two ``next()`` calls, ``loader.data_wait_share`` their ratio, and
+        ``loader.first_batch`` the wait for each iterator's first batch. ``fetch.*``,
+        ``cache.*``, ``prefetch.*`` and ``reader.*`` come from this process and its worker
+        processes (every dataset the process reads). See ``docs/metrics.md``.
+
+        With ``all_ranks=True`` every rank of the process group must call this at the same
+        time; ``job.*`` figures then hold the whole job's view, with ``job.slowest_rank`` the
+        rank that waited longest for data.
+        """
+        snap = metrics.combined(metrics.registry, self._stats)
+        elapsed = time.perf_counter() - self._started if self._started is not None else 0.0
+        stepped = snap.get("loader.step.seconds", 0.0)
+        if stepped:
+            snap["loader.data_wait_share"] = snap.get("loader.wait.seconds", 0.0) / stepped
+        if elapsed > 0:
+            snap["loader.tokens_per_second"] = snap.get("loader.tokens", 0.0) / elapsed
+            snap["fetch.mb_per_s"] = snap.get("fetch.bytes", 0.0) / elapsed / 1e6
+        snap["loader.elapsed"] = elapsed
+        looked_up = snap.get("cache.hits", 0.0) + snap.get("cache.misses", 0.0)
+        if looked_up:
+            snap["cache.hit_rate"] = snap.get("cache.hits", 0.0) / looked_up
+        if all_ranks:
+            snap.update(_job_view(snap))
+        return snap
+
+    def _record(self, waited: float, first: bool, batch: Mapping[str, torch.Tensor]) -> None:
+        tokens = batch["input_ids"].numel() if "input_ids" in batch else 0
+        self._stats.observe("loader.first_batch" if first else "loader.wait", waited)
+        self._stats.count("loader.batches")
+        self._stats.count("loader.tokens", tokens)
+
+    def _log(self, step: int) -> None:
+        if self.log_every and (step + 1) % self.log_every == 0:
+            metrics_log.info("step %d: %s", step + 1, metrics.summary_line(self.metrics()))
+
     # ------------------------------------------------------------------ iteration
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -150,13 +210,22 @@ class DataLoader:
              ) -> Iterator[dict[str, torch.Tensor]]:
         source = (self._threaded(order, start) if self.backend == "threads" or self.num_workers == 0
                   else self._processes(epoch, start))
+        asked, first = time.perf_counter(), True
+        if self._started is None:
+            self._started = asked
         try:
             for step, batch in source:
                 if generation != self._generation:
                     raise FastdataStateError("this iterator was replaced by load_state_dict(); "
                                              "call iter(loader) again")
                 self._position = (epoch, step + 1)
+                self._record(time.perf_counter() - asked, first, batch)
                 yield batch
+                resumed = time.perf_counter()  # the loop asks for the next batch
+                if not first:
+                    self._stats.observe("loader.step", resumed - asked)
+                asked, first = resumed, False
+                self._log(step)
         finally:
             close = getattr(source, "close", None)
             if close is not None:
@@ -225,7 +294,10 @@ class DataLoader:
         )
         iterator = iter(loader)
         try:
-            yield from iterator
+            for step, batch, update in iterator:
+                if update:
+                    self._stats.merge(update)
+                yield step, batch
         finally:
             # Stop the workers now, even when a worker died: torch only does it when its
             # iterator is garbage, and a traceback can keep that alive while torch's SIGCHLD
@@ -243,3 +315,31 @@ def _chunks(start: int, stop: int, largest: int) -> Iterator[range]:
         yield range(s, min(s + size, stop))
         s += size
         size = min(size * 2, largest)
+
+
+#: Figures gathered from every rank by ``metrics(all_ranks=True)``.
+_JOB_KEYS = ("loader.data_wait_share", "loader.wait.seconds", "loader.tokens_per_second", "fetch.bytes",
+             "fetch.retries", "cache.hits", "cache.misses")
+
+
+def _job_view(snap: Mapping[str, float]) -> dict[str, float]:
+    """``job.*`` figures over every rank (one all-gather); this rank's alone without a group."""
+    import torch.distributed as dist
+
+    mine = torch.tensor([float(snap.get(k, 0.0)) for k in _JOB_KEYS], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            mine = mine.cuda()
+        parts = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, mine)
+        table = torch.stack(parts).cpu()
+    else:
+        table = mine.reshape(1, -1)
+    share, wait, tps, fetched, retries, hits, misses = table.T
+    out = {"job.ranks": float(len(table)), "job.slowest_rank": float(int(torch.argmax(wait))),
+           "job.data_wait_share.max": float(share.max()), "job.data_wait_share.mean": float(share.mean()),
+           "job.tokens_per_second": float(tps.sum()), "job.fetch.bytes": float(fetched.sum()),
+           "job.fetch.retries": float(retries.sum())}
+    if float((hits + misses).sum()):
+        out["job.cache.hit_rate"] = float(hits.sum() / (hits + misses).sum())
+    return out

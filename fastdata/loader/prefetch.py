@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from fastdata import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -74,6 +76,8 @@ class Prefetcher:
                     with self._cond:
                         if step > self._consumer:
                             self._ahead.append((step, size))
+                        metrics.gauge("prefetch.ahead_bytes", sum(b for _, b in self._ahead))
+                        metrics.gauge("prefetch.ahead_steps", max(0, step - self._consumer))
         except BaseException as e:  # handed to the consumer by advance()
             self.error = e
             log.debug("prefetch stopped: %s", e)

@@ -1,0 +1,179 @@
+"""Runtime metrics are correct, not just present: known delays injected, figures checked.
+
+Tolerances: step and wait times within 25 % + 15 ms of the injected delay (timing buckets
+are 19 % wide, and this 2-core box is shared); fetch latency within 30 % + 50 ms of the
+round trips the fault proxy imposes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _corpus import make_docs, write_jsonl
+from _faultproxy import FaultProxy
+from _jobs import Job
+from _loader import packed_dataset
+from conftest import connection_string
+
+import fastdata
+from fastdata import metrics
+
+HERE = Path(__file__).parent
+
+
+def close(actual: float, expected: float, rel: float, slack: float) -> bool:
+    return abs(actual - expected) <= rel * expected + slack
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    return packed_dataset(str(tmp_path_factory.mktemp("metrics")), docs=300)
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_training_step_is_step_time_not_data_wait(local):
+    loader = fastdata.DataLoader(fastdata.TokenDataset(local, seq_len=32, seed=1), batch_size=4)
+    step = 0.02
+    it = iter(loader)
+    for _ in range(40):
+        next(it)
+        time.sleep(step)  # the "training step"
+    snap = loader.metrics()
+    assert snap["loader.batches"] == 40
+    assert snap["loader.tokens"] == 40 * 4 * 32
+    assert snap["loader.first_batch.count"] == 1 and snap["loader.wait.count"] == 39
+    assert snap["loader.step.count"] == 38  # from one next() to the following, after the first batch
+    assert close(snap["loader.step.p50"], step, 0.25, 0.015), snap["loader.step.p50"]
+    assert close(snap["loader.step.seconds"] / 38, step, 0.25, 0.015)
+    assert snap["loader.data_wait_share"] < 0.1, snap["loader.data_wait_share"]
+    assert "cache.hit_rate" not in snap or snap["cache.hits"] + snap["cache.misses"] == 0  # read in place
+
+
+@pytest.mark.timeout(60)
+def test_slow_data_is_data_wait(local):
+    """The loop does nothing; assembling a batch takes a known time: that is all data-wait."""
+    ds = fastdata.TokenDataset(local, seq_len=32, seed=1)
+    assemble, delay = ds.batches, 0.03
+    ds.batches = lambda order, stripe, steps: (time.sleep(delay * len(steps)), assemble(order, stripe, steps))[1]
+    loader = fastdata.DataLoader(ds, batch_size=4, num_workers=0)
+    it = iter(loader)
+    for _ in range(12):  # chunks of 1, 2, 4, 8 steps: waits of 1, 2, 0, 4, 0, 0, 0, 8 ... delays
+        next(it)
+    snap = loader.metrics()
+    total_wait = snap["loader.first_batch.seconds"] + snap["loader.wait.seconds"]
+    assert close(total_wait, delay * 15, 0.25, 0.015), total_wait  # steps 0..14 were assembled
+    assert snap["loader.data_wait_share"] > 0.9
+
+
+@pytest.mark.timeout(120)
+def test_exports(local):
+    loader = fastdata.DataLoader(fastdata.TokenDataset(local, seq_len=32, seed=1), batch_size=4)
+    for _ in zip(range(5), loader):
+        pass
+    snap = loader.metrics()
+    text = metrics.prometheus_text(snap, labels={"rank": "0"})
+    parsed = {}
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            parsed[name] = float(value)
+    assert parsed['fastdata_loader_batches{rank="0"}'] == 5
+    assert len(parsed) == len(snap)
+
+    class Writer:  # torch.utils.tensorboard.SummaryWriter's add_scalar signature
+        def __init__(self):
+            self.scalars = {}
+
+        def add_scalar(self, tag, value, step):
+            self.scalars[tag] = (value, step)
+
+    w = Writer()
+    metrics.to_tensorboard(w, snap, step=7)
+    assert w.scalars["fastdata/loader/batches"] == (5.0, 7)
+    assert metrics.summary_line(snap).endswith("ms)")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.multiprocess
+def test_all_ranks_name_the_slowest(local, tmp_path):
+    job = Job(HERE / "_metrics_worker.py", tmp_path, nodes=2, per_node=1, dataset=local, slow_rank=1,
+              delay=0.02, steps=10)
+    results = job.wait(timeout=100)
+    for snap in results:
+        assert snap["job.ranks"] == 2
+        assert snap["job.slowest_rank"] == 1
+        assert snap["job.tokens_per_second"] > 0
+    assert results[0]["job.data_wait_share.max"] == pytest.approx(results[1]["loader.data_wait_share"])
+
+
+# --------------------------------------------------------------------------- over a slow link
+
+
+@pytest.fixture(scope="module")
+def remote(azurite, tmp_path_factory):
+    import fsspec
+
+    d = tmp_path_factory.mktemp("metrics-remote")
+    fsspec.filesystem("az", connection_string=azurite["conn"], skip_instance_cache=True).mkdir("metrics")
+    src = write_jsonl(str(d / "c.jsonl"), make_docs(300, seed=5, long_every=0))
+    env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=azurite["conn"], FASTDATA_ALLOW_INSECURE="1")
+    subprocess.run([sys.executable, "-P", "-m", "fastdata.cli.main", "pack", src, "-o", "az://metrics/ds",
+                    "--shard-size", "16KB", "-q"], check=True, timeout=120, env=env)
+    with fastdata.open_dataset("az://metrics/ds", storage_options={"connection_string": azurite["conn"],
+                                                                   "allow_insecure": True}) as ds:
+        return {"url": "az://metrics/ds", "stored": [s.stored_bytes for s in ds.shards]}
+
+
+@pytest.fixture
+def slow_link(azurite):
+    proxy = FaultProxy(azurite["port"]).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.mark.timeout(180)
+def test_fetch_latency_and_data_wait_follow_the_link(remote, slow_link, tmp_path):
+    metrics.registry.reset()
+    latency = 0.05  # one way, per chunk: a request costs two of them
+    ds = fastdata.TokenDataset(remote["url"], seq_len=32, seed=1, cache_dir=str(tmp_path / "c"),
+                               storage_options={"connection_string": connection_string(slow_link.port),
+                                                "allow_insecure": True})
+    slow_link.faults.latency_s = latency
+    slow_link.reset_counters()
+    loader = fastdata.DataLoader(ds, batch_size=4, num_workers=0, prefetch_bytes=0)
+    steps = sum(1 for _ in loader)
+    snap = loader.metrics()
+    shards = len(remote["stored"])
+    assert snap["fetch.shards"] == shards
+    assert snap["fetch.bytes"] == sum(remote["stored"])
+    assert snap["cache.misses"] == shards
+    per_shard = len(slow_link.requests) / shards  # requests each fetch made through the proxy
+    expected = per_shard * 2 * latency
+    assert close(snap["fetch.latency.p50"], expected, 0.3, 0.05), (snap["fetch.latency.p50"], expected)
+    waited = snap["loader.first_batch.seconds"] + snap["loader.wait.seconds"]
+    assert waited >= 0.9 * snap["fetch.latency.seconds"]  # nothing was fetched ahead: the loop waited
+    assert snap["loader.batches"] == steps
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.multiprocess
+def test_worker_figures_reach_the_main_process(remote, azurite, tmp_path):
+    metrics.registry.reset()
+    ds = fastdata.TokenDataset(remote["url"], seq_len=32, seed=1, cache_dir=str(tmp_path / "c"),
+                               cache_limit="64MB",
+                               storage_options={"connection_string": azurite["conn"], "allow_insecure": True})
+    loader = fastdata.DataLoader(ds, batch_size=4, num_workers=2, backend="processes")
+    steps = sum(1 for _ in loader)
+    snap = loader.metrics()
+    assert metrics.registry.snapshot().get("fetch.shards", 0) == 0  # the main process fetched nothing
+    shards = len(remote["stored"])
+    assert snap["fetch.shards"] == shards  # one download per shard on the node, by either worker
+    assert snap["fetch.bytes"] == sum(remote["stored"])
+    assert snap["cache.misses"] == shards
+    assert snap["reader.tokens"] >= steps * 4 * 32  # inputs and labels of every batch were gathered
+    assert snap["loader.batches"] == steps
