@@ -93,7 +93,7 @@ def add_model_args(p: argparse.ArgumentParser, steps: int = 20) -> None:
     """Tiny defaults, so every example runs in seconds on a CPU."""
     p.add_argument("--steps", type=int, default=steps, help="optimizer steps in all")
     p.add_argument("--batch-size", type=int, default=4, help="samples per rank per step")
-    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--n-heads", type=int, default=4)
