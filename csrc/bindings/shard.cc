@@ -8,9 +8,11 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "fastdata/format.h"
 #include "fastdata/shard_view.h"
+#include "fastdata/token_type.h"
 
 namespace py = pybind11;
 
@@ -18,6 +20,7 @@ namespace fastdata::bindings {
 namespace {
 
 using SharedView = std::shared_ptr<const ShardView>;
+using OffsetsArray = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>;
 
 // The Python object. close() drops this handle's reference to the mapping; arrays handed
 // out earlier own their own reference (see zero_copy), so they stay valid until they die.
@@ -61,10 +64,10 @@ py::array zero_copy(const SharedView& owner, const T* data, std::uint64_t count)
 
 py::array tokens_array(const SharedView& view, std::uint64_t start, std::uint64_t stop) {
   view->check_token_range(start, stop);
-  if (view->dtype_code() == format::kDtypeUint16) {
-    return zero_copy(view, static_cast<const std::uint16_t*>(view->tokens()) + start, stop - start);
-  }
-  return zero_copy(view, static_cast<const std::uint32_t*>(view->tokens()) + start, stop - start);
+  return visit_token_type(view->token_type(), [&](auto tag) {
+    using T = decltype(tag);
+    return zero_copy(view, static_cast<const T*>(view->tokens()) + start, stop - start);
+  });
 }
 
 py::array mask_array(const SharedView& view, std::uint64_t start, std::uint64_t stop) {
@@ -90,13 +93,28 @@ ShardHandle open_shard(const std::filesystem::path& path) {
   return ShardHandle(std::move(name), std::move(view));
 }
 
+// A view of raw tokens (a Megatron .bin range): see ShardView's raw-token constructor.
+ShardHandle open_tokens(const std::filesystem::path& path, std::uint64_t byte_offset,
+                        const std::string& dtype, const OffsetsArray& doc_offsets) {
+  if (doc_offsets.ndim() != 1) throw py::value_error("doc_offsets must be a 1-D array");
+  const TokenType type = token_type_named(dtype);
+  std::vector<std::uint64_t> offsets(doc_offsets.data(), doc_offsets.data() + doc_offsets.size());
+  std::string name = path.string();
+  SharedView view;
+  {
+    py::gil_scoped_release release;  // mapping touches the disk
+    view = std::make_shared<const ShardView>(name, byte_offset, type, std::move(offsets));
+  }
+  return ShardHandle(std::move(name), std::move(view));
+}
+
 std::string repr(const ShardHandle& self) {
   std::string text = "ShardView(" + py::repr(py::str(self.path())).cast<std::string>();
   if (self.closed()) return text + ", closed)";
   const ShardView& v = self.view();
   return text + ", num_docs=" + std::to_string(v.num_docs()) +
          ", num_tokens=" + std::to_string(v.num_tokens()) +
-         ", dtype=" + format::dtype_name(v.dtype_code()) +
+         ", dtype=" + token_name(v.token_type()) +
          ", has_loss_mask=" + (v.has_mask() ? "True" : "False") + ")";
 }
 
@@ -120,6 +138,14 @@ void register_shard(py::module_& m) {
            "Map and validate the shard at `path`.\n\n"
            "Raises FastdataFormatError (naming the file, field and byte offset) for a\n"
            "malformed shard and FastdataIOError when the file cannot be opened or mapped.")
+      .def_static("from_tokens", &open_tokens, py::arg("path"), py::arg("byte_offset"),
+                  py::arg("dtype"), py::arg("doc_offsets"),
+                  "A view of raw tokens with no fastdata header (a range of a Megatron .bin).\n\n"
+                  "Maps the doc_offsets[-1] tokens of `dtype` (uint8, int8, int16, uint16, int32,\n"
+                  "uint32 or int64) at `byte_offset` of `path`, cut into documents at `doc_offsets`\n"
+                  "(uint64, num_docs + 1 token offsets from 0, never decreasing). Raises\n"
+                  "FastdataFormatError when the offsets are malformed, the offset is misaligned or\n"
+                  "the file ends before the range; ValueError for an unknown dtype.")
       .def_property_readonly("path", &ShardHandle::path, "The path the shard was opened from.")
       .def_property_readonly("closed", &ShardHandle::closed, "Whether close() was called.")
       .def_property_readonly(
@@ -129,8 +155,8 @@ void register_shard(py::module_& m) {
           "num_tokens", [](const ShardHandle& s) { return s.view().num_tokens(); },
           "Number of tokens.")
       .def_property_readonly(
-          "dtype", [](const ShardHandle& s) { return format::dtype_name(s.view().dtype_code()); },
-          "Token dtype name: 'uint16' or 'uint32'.")
+          "dtype", [](const ShardHandle& s) { return token_name(s.view().token_type()); },
+          "Token dtype name: 'uint16' or 'uint32' (a raw token view: any integer dtype).")
       .def_property_readonly(
           "has_loss_mask", [](const ShardHandle& s) { return s.view().has_mask(); },
           "Whether the shard stores a per-token loss mask.")

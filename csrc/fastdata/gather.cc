@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "fastdata/format.h"
+#include "fastdata/token_type.h"
 
 namespace fastdata {
 namespace {
@@ -45,9 +46,10 @@ std::vector<Resolved> resolve(const std::vector<const ShardView*>& shards,
                               std::to_string(offset) + " out of range for " + shard->path() + " (" +
                               std::to_string(shard->num_tokens()) + " tokens)");
     }
-    if (out.dtype == OutDtype::kUint16 && shard->dtype_code() != format::kDtypeUint16) {
-      throw std::invalid_argument(span_name(row) + shard->path() +
-                                  " holds uint32 tokens, which do not fit a uint16 output");
+    const TokenType type = shard->token_type();
+    if (out.dtype == OutDtype::kUint16 && type != TokenType::kUint16 && type != TokenType::kUint8) {
+      throw std::invalid_argument(span_name(row) + shard->path() + " holds " + token_name(type) +
+                                  " tokens, which do not fit a uint16 output");
     }
     if (ulen > out.size - total) {
       throw std::invalid_argument("spans cover more tokens than the output's " +
@@ -80,11 +82,10 @@ void copy_all(const std::vector<Resolved>& plan, Dst* dst, std::uint8_t* mask) {
   for (const Resolved& span : plan) {
     if (span.length == 0) continue;
     const ShardView& shard = *span.shard;
-    if (shard.dtype_code() == format::kDtypeUint16) {
-      convert(static_cast<const std::uint16_t*>(shard.tokens()) + span.offset, dst, span.length);
-    } else {
-      convert(static_cast<const std::uint32_t*>(shard.tokens()) + span.offset, dst, span.length);
-    }
+    visit_token_type(shard.token_type(), [&](auto tag) {
+      using Src = decltype(tag);
+      convert(static_cast<const Src*>(shard.tokens()) + span.offset, dst, span.length);
+    });
     dst += span.length;
     if (mask != nullptr) {
       if (shard.has_mask()) {

@@ -66,6 +66,22 @@ ShardView::ShardView(std::shared_ptr<const MappedFile> file) : file_(std::move(f
   validate();
 }
 
+ShardView::ShardView(const std::string& path, std::uint64_t byte_offset, TokenType type,
+                     std::vector<std::uint64_t> doc_offsets)
+    : token_type_(type), itemsize_(token_size(type)), owned_index_(std::move(doc_offsets)) {
+  if (owned_index_.empty()) {
+    throw FormatError(path, "doc_offsets", byte_offset, "a raw view needs at least one offset (0)");
+  }
+  num_docs_ = owned_index_.size() - 1;
+  num_tokens_ = owned_index_.back();
+  std::uint64_t length = 0;
+  if (__builtin_mul_overflow(num_tokens_, itemsize_, &length)) {
+    throw FormatError(path, "tokens", byte_offset, cat(num_tokens_, " tokens do not fit a file"));
+  }
+  file_ = std::make_shared<const MappedFile>(path, byte_offset, length);
+  validate_raw(byte_offset);
+}
+
 void ShardView::fail(const std::string& field_name, std::uint64_t byte_offset,
                      const std::string& message) const {
   throw FormatError(path(), field_name, byte_offset, message);
@@ -88,6 +104,7 @@ void ShardView::validate() {
              "-byte header (truncated?)"));
   }
   validate_fields(data);
+  token_type_ = token_type_of_code(dtype_code_);
   validate_sections(data);
 
   std::array<std::uint8_t, fmt::kHeaderSize> header{};
@@ -193,6 +210,38 @@ void ShardView::validate_sections(const std::uint8_t* h) {
   index_ = reinterpret_cast<const std::uint64_t*>(data + fmt::kIndexOffset);  // 8-byte aligned
   tokens_ = data + tokens_offset_;
   mask_ = has_mask ? data + mask_offset_ : nullptr;
+}
+
+// A raw view: the range lies inside the file, is aligned for its token type, and the
+// caller's document offsets start at 0, never decrease and end at num_tokens.
+void ShardView::validate_raw(std::uint64_t byte_offset) {
+  const std::uint64_t length = num_tokens_ * itemsize_;  // checked by the constructor
+  if (byte_offset % itemsize_ != 0) {
+    fail("tokens", byte_offset,
+         cat("byte offset ", byte_offset, " is not a multiple of the ", itemsize_, "-byte ",
+             token_name(token_type_), " tokens"));
+  }
+  if (file_->size() != length || byte_offset > file_->file_size()) {
+    fail("tokens", byte_offset,
+         cat(num_tokens_, " ", token_name(token_type_), " tokens need bytes [", byte_offset, ", ",
+             byte_offset + length, ") but the file is ", file_->file_size(),
+             " bytes (truncated?)"));
+  }
+  // Keep tokens_ non-null for an empty range, as numpy wants a pointer even for 0 items.
+  static const std::uint64_t kNothing = 0;
+  tokens_ = length == 0 ? static_cast<const void*>(&kNothing) : file_->data();
+  index_ = owned_index_.data();
+  if (index_[0] != 0) {
+    fail("doc_offsets[0]", byte_offset,
+         cat("the first document offset is ", index_[0], ", must be 0"));
+  }
+  for (std::uint64_t k = 1; k <= num_docs_; ++k) {
+    if (index_[k] < index_[k - 1]) {
+      fail(cat("doc_offsets[", k, "]"), byte_offset,
+           cat("document offset ", index_[k], " is smaller than the previous one (",
+               index_[k - 1], ")"));
+    }
+  }
 }
 
 void ShardView::validate_index() const {

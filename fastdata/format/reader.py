@@ -39,6 +39,31 @@ def open_shard(path: str | os.PathLike[str]) -> ShardView:
     return _native.ShardView(path)
 
 
+def open_token_range(
+    path: str | os.PathLike[str], byte_offset: int, dtype: str, doc_offsets: npt.ArrayLike
+) -> ShardView:
+    """Map raw tokens with no fastdata header: a range of a Megatron ``.bin``.
+
+    Args:
+        path: the local file (a whole ``.bin``, or a cached copy of one range).
+        byte_offset: where the range starts; a multiple of the token size.
+        dtype: numpy name of the tokens: uint8, int8, int16, uint16, int32, uint32 or int64.
+        doc_offsets: ``num_docs + 1`` token offsets from 0, never decreasing; the range
+            holds ``doc_offsets[-1]`` tokens. Only the range is mapped.
+
+    Returns:
+        A shard view without a loss mask; ``gather`` reads it like any shard.
+
+    Raises:
+        FastdataFormatError: malformed offsets, a misaligned offset, or a file that ends
+            before the range does (a truncated ``.bin``).
+        FastdataIOError: the file cannot be opened or mapped.
+        ValueError: an unknown dtype.
+    """
+    offsets = np.ascontiguousarray(doc_offsets, dtype=np.uint64)
+    return _native.ShardView.from_tokens(path, byte_offset, dtype, offsets)
+
+
 def gather(
     shards: Sequence[ShardView],
     spans: npt.ArrayLike,
@@ -52,9 +77,9 @@ def gather(
         spans: int64 array of shape ``(N, 3)``; each row is ``(shard index, token offset,
             length)``.
         out: writeable, C-contiguous 1-D array of int64, int32, uint16 or uint32 whose
-            length is the sum of the span lengths. Tokens are widened to its dtype;
-            uint32 tokens into uint16 are refused, and uint32 tokens >= 2**31 wrap in
-            int32 (as ``astype`` does).
+            length is the sum of the span lengths. Tokens are converted to its dtype;
+            only uint8 and uint16 tokens go into uint16, and tokens that do not fit an
+            int32 or uint32 output wrap (as ``astype`` does).
         mask_out: optional uint8 array of the same length that receives the loss masks;
             tokens of shards without a mask get 1.
 
@@ -78,4 +103,4 @@ def permute(index: np.ndarray, size: np.ndarray, key: np.ndarray) -> np.ndarray:
     return _native.permute(index, size, key)
 
 
-__all__ = ["ShardView", "gather", "open_shard", "permute"]
+__all__ = ["ShardView", "gather", "open_shard", "open_token_range", "permute"]
