@@ -8,7 +8,7 @@ import sys
 import time
 
 from fastdata.pack.encode import EncodeOptions
-from fastdata.pack.pipeline import PackConfig, PackProgress, pack
+from fastdata.pack.pipeline import PackConfig, PackProgress, PackResult, pack
 from fastdata.pack.sources import ReadOptions
 from fastdata.pack.tokenizers import TokenizerSpec
 from fastdata.units import format_size, parse_size
@@ -39,7 +39,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bos", action="store_true", help="prepend BOS to documents")
     p.add_argument("--wds-member", help="WebDataset member extension holding the text")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="tokenizer processes (default: all cores); output is identical for any N")
+                   help="tokenizer processes, or the CPUs of a local Ray (default: all cores); "
+                        "output is identical for any N")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: processes on this machine (default); ray: Ray tasks on a cluster, "
+                        "same output bytes (needs fastdata[ray])")
+    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
+                   help="Ray cluster to run on with --engine ray, e.g. auto or ray://HEAD:10001 "
+                        "(default: $RAY_ADDRESS, else a local Ray with --workers CPUs)")
     p.add_argument("--shard-size", default="256MB", help="target raw size of a shard (256MB)")
     p.add_argument("--compression", choices=("none", "zstd"), default="none")
     p.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto")
@@ -102,22 +109,33 @@ class _ProgressLine:
             sys.stderr.write("\n")
 
 
+def _pack(args: argparse.Namespace, config: PackConfig, line: _ProgressLine) -> PackResult:
+    if args.engine == "ray":
+        from fastdata.pack.ray_engine import RayOptions, pack_on_ray
+
+        return pack_on_ray(config, RayOptions(address=args.ray_address), progress=line)
+    return pack(config, progress=line)
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     line = _ProgressLine(not args.quiet)
     try:
-        result = pack(config, progress=line)
+        result = _pack(args, config, line)
     finally:
         line.done()
     m, p = result.manifest, result.progress
     t = max(p.elapsed, 1e-9)
     stored = int(m.shards.column("stored_bytes").sum())
-    resumed = f" (resumed after {p.resumed_shards} finished shards)" if p.resumed_shards else ""
+    resumed = ""
+    if p.resumed_shards or p.resumed_tasks:
+        tasks = f", {p.resumed_tasks} encoded input tasks" if args.engine == "ray" else ""
+        resumed = f" (resumed after {p.resumed_shards} finished shards{tasks})"
     print(f"packed {m.num_docs:,} documents, {m.num_tokens:,} tokens into {len(m.shards)} shards "
           f"({format_size(stored)}, {m.dtype}) at {args.output}{resumed}")
     print(f"  this run: {p.docs:,} docs in {t:.2f} s: {p.docs / t:,.0f} docs/s, "
           f"{p.tokens / t:,.0f} tokens/s, {p.input_bytes / t / 1e6:,.1f} MB/s of input "
-          f"with {config.workers} workers")
+          + ("on Ray" if args.engine == "ray" else f"with {config.workers} workers"))
     if p.skipped:
         total = sum(p.skipped.values())
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(p.skipped.items()))
