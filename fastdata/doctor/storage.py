@@ -36,15 +36,18 @@ def _http_status(error: BaseException) -> int | None:
     return None
 
 
-def _probe_failure(store: Store, error: BaseException) -> Check:
+def _probe_failure(store: Store, error: BaseException, options: DoctorOptions) -> Check:
     """Why the first read of the manifest failed: unreachable, refused credentials, no dataset."""
     status = _http_status(error)
     code = getattr(error, "error_code", None)
+    code = getattr(code, "value", code)  # azure.storage.blob gives an enum
     http = f"HTTP {status}{f' {code}' if code else ''}"
     if status in (401, 403) or any(isinstance(e, PermissionError) for e in _chain(error)):
         why = http if status else "permission denied"
-        return Check("credentials", FAIL, f"{store.display} refused access ({why}): the credentials are "
-                     f"wrong, expired or lack read permission; {describe(error)}", {"status": status})
+        used = ", ".join(credential_sources(options)) or "no credentials fastdata can see"
+        return Check("credentials", FAIL, f"{store.display} refused access ({why}): the credentials "
+                     f"({used}) are wrong, expired or lack read permission; {describe(error)}",
+                     {"status": status})
     if status == 404 or any(isinstance(e, FileNotFoundError) for e in _chain(error)):
         return Check("dataset", FAIL, f"{store.describe(MANIFEST_NAME)} does not exist: not a fastdata "
                      "dataset, its pack has not finished, or the container does not exist")
@@ -80,7 +83,7 @@ def storage_checks(options: DoctorOptions) -> tuple[list[Check], Manifest | None
     try:
         store.read_range(MANIFEST_NAME, 0, 1)
     except Exception as e:  # noqa: BLE001 - every backend raises its own types; classified here
-        return _after_failed_probe(store, _probe_failure(store, e), options), None
+        return _after_failed_probe(store, _probe_failure(store, e, options), options), None
     took = time.monotonic() - started
     checks = [Check("storage", PASS, f"{store.display} answered in {1e3 * took:.0f} ms", {"seconds": took})]
     if not store.local:
