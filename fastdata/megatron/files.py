@@ -1,0 +1,147 @@
+"""Where each virtual shard of a Megatron ``.bin`` is read from.
+
+* A local ``.bin`` is read in place: a virtual shard is a byte range of it, mapped alone.
+* A remote ``.bin`` is fetched one virtual shard at a time, with ranged reads, into the
+  node cache (``cache_limit``: the shared :class:`~fastdata.storage.cache.NodeCache`) or a
+  plain directory (``cache_dir`` alone), as a file of its own read from byte 0.
+
+Megatron datasets carry no checksums: a cached range is checked by its size only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from fastdata.atomic import sweep_stale_temps, temp_name
+from fastdata.errors import FastdataIntegrityError
+from fastdata.shard_files import default_cache_dir, node_cache
+from fastdata.storage.download import RetryPolicy, retrying
+from fastdata.storage.remote import Store
+
+Release = Callable[[], None]
+
+
+def _nothing() -> None:
+    return None
+
+
+class MegatronFiles:
+    """Local file and byte offset of each virtual shard, and when it may go.
+
+    Args:
+        store: the directory (or URL prefix) holding the ``.bin``.
+        bin_name: the ``.bin``'s name in ``store``.
+        names: one cache file name per virtual shard.
+        byte_ranges: int64 ``[start, end)`` of each virtual shard in the ``.bin``, shape (N, 2).
+        namespace: the dataset's identity (its node-cache directory).
+        cache_dir: where remote ranges are kept; default ``$TMPDIR/fastdata-<uid>``.
+        cache_limit: with it, ``cache_dir`` is the node-wide cache under this byte limit.
+    """
+
+    def __init__(self, store: Store, bin_name: str, names: list[str], byte_ranges: np.ndarray,  # noqa: PLR0913
+                 namespace: str, cache_dir: str | None = None, cache_limit: int | None = None) -> None:
+        self.store, self.bin_name, self.names = store, bin_name, names
+        self.byte_ranges = byte_ranges
+        self.in_place = store.local
+        self.namespace = namespace
+        self.root = cache_dir or default_cache_dir()
+        self.limit = cache_limit
+        self.policy = RetryPolicy()
+        self._setup()
+
+    def _setup(self) -> None:
+        self._cache = None
+        self._dir = None
+        if self.in_place:
+            return
+        if self.limit is not None:
+            self._cache = node_cache(self.root, self.limit)
+        else:
+            self._dir = os.path.join(self.root, self.namespace)
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            sweep_stale_temps(self._dir)
+
+    def __getstate__(self) -> dict:
+        """Pickle the settings only: each process opens the cache itself."""
+        keep = ("store", "bin_name", "names", "byte_ranges", "in_place", "namespace", "root", "limit",
+                "policy")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._setup()
+
+    def size(self, index: int) -> int:
+        start, end = self.byte_ranges[index]
+        return int(end - start)
+
+    def byte_offset(self, index: int) -> int:
+        """Where shard ``index``'s tokens start in the file :meth:`acquire` gives."""
+        return int(self.byte_ranges[index][0]) if self.in_place else 0
+
+    def acquire(self, index: int, next_use: float = float("inf")) -> tuple[str, Release]:
+        """Path of the file holding shard ``index``, and the callable that unpins it."""
+        if self.in_place:
+            return self.store.path(self.bin_name), _nothing
+        name = self.names[index]
+        if self._cache is None:
+            return self._plain(index, name), _nothing
+        handle = self._cache.acquire(self.namespace, name, self.size(index),
+                                     lambda dest: self.fill(index, dest), next_use=next_use)
+        return handle.path, handle.release
+
+    def _plain(self, index: int, name: str) -> str:
+        final = os.path.join(self._dir, name)
+        try:
+            if os.stat(final).st_size == self.size(index):
+                return final
+        except FileNotFoundError:
+            pass
+        tmp = os.path.join(self._dir, temp_name(name))
+        try:
+            self.fill(index, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return final
+
+    def fill(self, index: int, dest: str) -> None:
+        """Write shard ``index``'s bytes of the ``.bin`` to ``dest``: parallel ranged reads,
+        each retried under the policy, each checked for its length."""
+        start, end = (int(x) for x in self.byte_ranges[index])
+        step = self.policy.range_bytes
+        pieces = [(s, min(s + step, end)) for s in range(start, end, step)]
+        where = self.store.describe(self.bin_name)
+
+        def one(fd: int, bounds: tuple[int, int]) -> None:
+            lo, hi = bounds
+            data = retrying(f"{where} bytes {lo}-{hi}", lambda: self.store.read_range(self.bin_name, lo, hi),
+                            self.policy)
+            if len(data) != hi - lo:
+                raise FastdataIntegrityError(
+                    f"{where}: bytes {lo}-{hi} came back as {len(data)} bytes (the .bin is shorter than its "
+                    ".idx says: truncated, or replaced while in use)")
+            view, at = memoryview(data), lo - start
+            while view:
+                n = os.pwrite(fd, view, at)
+                view, at = view[n:], at + n
+
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            if len(pieces) <= 1:
+                for p in pieces:
+                    one(fd, p)
+            else:
+                with ThreadPoolExecutor(min(self.policy.parallel, len(pieces)),
+                                        thread_name_prefix="fastdata-megatron") as pool:
+                    for future in [pool.submit(one, fd, p) for p in pieces]:
+                        future.result()
+        finally:
+            os.close(fd)
