@@ -26,6 +26,7 @@ from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.format.reader import permute
 from fastdata.loader.batch import BatchAssembler, SampleConfig
 from fastdata.loader.state import StreamState, check_identity, identity_of, parse_state
+from fastdata.megatron import megatron_prefix, open_megatron
 from fastdata.sampling.blend import BlendOrder
 from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace, Stripe, document_space, packed_space
 from fastdata.units import parse_size
@@ -55,7 +56,8 @@ class TokenDataset(IterableDataset):
     """Deterministic, resumable training samples from a packed dataset.
 
     Args:
-        source: dataset directory or fsspec URL (the folder holding ``manifest.json``).
+        source: dataset directory or fsspec URL (the folder holding ``manifest.json``), or a
+            Megatron-Core ``<prefix>.idx`` / ``<prefix>.bin`` (docs/megatron.md).
         seq_len: tokens per sample.
         shuffle: shuffle shards and samples (per epoch, keyed by ``seed``).
         seed: the order's seed.
@@ -84,7 +86,7 @@ class TokenDataset(IterableDataset):
         self.samples = SampleConfig(seq_len=seq_len, **dict(sampling or {}))
         self.sources = _as_sources(source)
         self.datasets: list[Dataset] = [
-            open_dataset(s.url, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
+            _open_source(s.url, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
             for s in self.sources]
         if cache_limit is not None:
             _check_cache_limit(self.datasets, parse_size(cache_limit), World.detect(world))
@@ -293,6 +295,11 @@ class TokenDataset(IterableDataset):
                     yield batch
         first_next = worker if num_workers > 1 else 0
         self._position = (epoch + 1, first_next)
+
+
+def _open_source(url: str, **options: Any) -> Dataset:
+    """A fastdata dataset, or a Megatron ``.bin``/``.idx`` pair read in place (docs/megatron.md)."""
+    return open_megatron(url, **options) if megatron_prefix(url) else open_dataset(url, **options)
 
 
 def _as_sources(source: str | Source | Sequence[Source]) -> list[Source]:
