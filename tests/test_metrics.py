@@ -59,7 +59,12 @@ def test_slow_data_is_data_wait(local):
     """The loop does nothing; assembling a batch takes a known time: that is all data-wait."""
     ds = fastdata.TokenDataset(local, seq_len=32, seed=1)
     assemble, delay = ds.batches, 0.03
-    ds.batches = lambda order, stripe, steps: (time.sleep(delay * len(steps)), assemble(order, stripe, steps))[1]
+
+    def slow(order, stripe, steps):
+        time.sleep(delay * len(steps))
+        return assemble(order, stripe, steps)
+
+    ds.batches = slow
     loader = fastdata.DataLoader(ds, batch_size=4, num_workers=0)
     it = iter(loader)
     for _ in range(12):  # chunks of 1, 2, 4, 8 steps: waits of 1, 2, 0, 4, 0, 0, 0, 8 ... delays

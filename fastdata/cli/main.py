@@ -16,6 +16,7 @@ from fastdata.errors import FastdataError, FastdataIOError
 
 def build_parser() -> argparse.ArgumentParser:
     from fastdata import __version__
+    from fastdata.cli import bench as bench_cmd
     from fastdata.cli import doctor as doctor_cmd
     from fastdata.cli import import_cmd
     from fastdata.cli import inspect as inspect_cmd
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastdata {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (pack_cmd, inspect_cmd, verify_cmd, doctor_cmd, import_cmd):
+    for module in (pack_cmd, inspect_cmd, verify_cmd, doctor_cmd, bench_cmd, import_cmd):
         module.register(sub)
     return parser
 
