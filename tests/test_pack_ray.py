@@ -24,7 +24,7 @@ import ray
 from _corpus import files_bytes, make_docs, train_bpe, write_jsonl
 
 from fastdata.cli.main import main
-from fastdata.errors import FastdataConfigError, FastdataError, FastdataIOError
+from fastdata.errors import FastdataConfigError, FastdataError, FastdataInputError, FastdataIOError
 from fastdata.format.spec import MANIFEST_NAME
 from fastdata.pack.encode import EncodeOptions
 from fastdata.pack.pipeline import PackConfig, pack
@@ -62,7 +62,7 @@ def corpus(tmp_path_factory):
 
 
 def config(inputs, out, *, tokenizer="bytes", chat=False, **kw) -> PackConfig:
-    encode = EncodeOptions(ReadOptions(chat=chat), TokenizerSpec(tokenizer))
+    encode = kw.pop("encode", None) or EncodeOptions(ReadOptions(chat=chat), TokenizerSpec(tokenizer))
     return PackConfig(inputs=tuple(inputs), output=str(out), encode=encode,
                       shard_size=kw.pop("shard_size", 8192), **kw)
 
@@ -188,6 +188,23 @@ def test_damaged_segment_is_encoded_again(tmp_path, corpus, monkeypatch):
     assert result.progress.resumed_tasks == num_tasks(corpus) - 1
     pack(config(corpus["plain"], tmp_path / "local"))
     assert_same_dataset(tmp_path / "local", out)
+
+
+def test_bad_records_raise_or_skip_as_the_local_engine(tmp_path, corpus):
+    dirty = tmp_path / "dirty.jsonl"
+    lines = [json.dumps({"text": t}).encode() for t in make_docs(40, seed=4)]
+    lines[2], lines[30] = b'{"text": "unterminated', b'{"other": 1}'
+    dirty.write_bytes(b"\n".join(lines) + b"\n")
+    inputs = [corpus["plain"][0], str(dirty)]
+    with pytest.raises(FastdataInputError, match=r"dirty\.jsonl:3: invalid JSON"):
+        pack_on_ray(config(inputs, tmp_path / "raise"))
+    assert not (tmp_path / "raise" / MANIFEST_NAME).exists()
+    skip = EncodeOptions(ReadOptions(), TokenizerSpec("bytes"), skip_bad=True)
+    ref = pack(config(inputs, tmp_path / "local", encode=skip))
+    got = pack_on_ray(config(inputs, tmp_path / "ray", encode=skip))
+    assert_same_dataset(tmp_path / "local", tmp_path / "ray")
+    assert got.progress.skipped == ref.progress.skipped == {"invalid JSON": 1, "missing field 'text'": 1}
+    assert got.progress.first_skipped == ref.progress.first_skipped
 
 
 def test_missing_ray_is_a_config_error(tmp_path, corpus, monkeypatch):

@@ -97,15 +97,24 @@ class _Area:
     env: tuple[tuple[str, str | None], ...] = ()  #: variables to set (None: unset) in the task
 
     def open(self) -> Store:
-        """Set the task's environment and open the output. Ray reuses worker processes, so
-        the environment is set per task rather than when the worker starts; it is set
-        before the first tokenizer of the process is loaded."""
+        """Set the task's environment and open the output (once per worker process and job).
+
+        Ray reuses worker processes, so the environment is set per task rather than when
+        the worker starts; it is set before the first tokenizer of the process is loaded.
+        """
         for key, value in self.env:
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        return Store(self.url, self.storage_options)
+        key = (self.url, self.job)
+        if key not in _STORES:
+            _STORES[key] = Store(self.url, self.storage_options)
+        return _STORES[key]
+
+
+#: The output of the current job in this worker: one Store (one fsspec client) for all its tasks.
+_STORES: dict[tuple[str, str], Store] = {}
 
 
 @dataclass
@@ -198,7 +207,9 @@ def _publish_segment(store: Store, name: str, result: TaskResult, staging: str) 
     try:
         written = write_shard(path, result.tokens, result.lengths, result.mask, dtype)
     except OSError as e:
-        raise FastdataIOError(f"writing {path} failed: {e.strerror or e}") from None
+        hint = " (on a Ray cluster a local output directory must be shared by every node)"
+        raise FastdataIOError(
+            f"writing {path} failed: {e.strerror or e}{hint if store.local else ''}") from None
     if not store.local:
         store.publish(path, name)
         os.unlink(path)
