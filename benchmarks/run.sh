@@ -8,16 +8,22 @@
 #   5. bench_loader.py: the training loader vs numpy.memmap, Megatron-Core, MosaicML
 #      Streaming, LitData and WebDataset (in-process reads, DataLoader path, first batch,
 #      a synthetic 10^9-sample dataset);
-#   6. append the machine, commit and tables to benchmarks/RESULTS.md.
+#   6. bench_remote.py: streaming from Azurite behind a shaping proxy (cold/warm epochs,
+#      small cache, first batch at 50 ms, 2 nodes, data wait), LitData and MosaicML beside it;
+#   7. append the machine, commit and tables to benchmarks/RESULTS.md; charts.py draws
+#      benchmarks/charts/*.png when matplotlib is importable.
 #
 # Usage: benchmarks/run.sh [--quick] [--no-megatron|--no-peers] [--no-loader] [--loader-only]
-#                          [--record] [--docs N] [--repeat N] [--loader-repeat N]
+#                          [--no-remote] [--remote-only] [--record] [--docs N] [--repeat N]
+#                          [--loader-repeat N]
 #   --quick        tiny corpus (300 docs), one repeat, few batches, a 2x10^4-shard synthetic
 #                  dataset: a smoke test for CI. Results go to benchmarks/.work/quick/RESULTS.md
 #                  unless --record.
 #   --no-megatron  skip the peers venv and every peer run (--no-peers is the same).
 #   --no-loader    skip bench_loader.py.
 #   --loader-only  skip the pack and reader benchmarks (the corpus is still made if missing).
+#   --no-remote    skip bench_remote.py (needs Node.js for Azurite).
+#   --remote-only  just bench_remote.py (no corpus, pack, reader or loader benchmark).
 #   --record       also append a --quick run to benchmarks/RESULTS.md.
 #   --docs N       corpus size (default 20000, about 42 MB).
 #   --repeat N     pack runs per config, best kept (default 1).
@@ -31,18 +37,20 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 cd "$ROOT"
 
-QUICK=0 MEGATRON=1 RECORD=0 DOCS=20000 REPEAT=1 LOADER=1 PACK_READER=1 LOADER_REPEAT=2
+QUICK=0 MEGATRON=1 RECORD=0 DOCS=20000 REPEAT=1 LOADER=1 PACK_READER=1 LOADER_REPEAT=2 REMOTE=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --no-megatron|--no-peers) MEGATRON=0 ;;
     --no-loader) LOADER=0 ;;
-    --loader-only) PACK_READER=0 LOADER=1 ;;
+    --loader-only) PACK_READER=0 LOADER=1 REMOTE=0 ;;
+    --no-remote) REMOTE=0 ;;
+    --remote-only) PACK_READER=0 LOADER=0 REMOTE=1 ;;
     --record) RECORD=1 ;;
     --docs) DOCS="$2"; shift ;;
     --repeat) REPEAT="$2"; shift ;;
     --loader-repeat) LOADER_REPEAT="$2"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -55,15 +63,21 @@ WORK="$HERE/.work"
 RESULTS="$HERE/RESULTS.md"
 READER_BATCHES=2000 READER_ROUNDS=5 TITLE="full"
 LOADER_ARGS=(--repeat "$LOADER_REPEAT")
+REMOTE_ARGS=()
+CHARTS="$HERE/charts"
 if [[ $QUICK == 1 ]]; then
   WORK="$HERE/.work/quick"
   DOCS=300 REPEAT=1 READER_BATCHES=50 READER_ROUNDS=2 TITLE="quick (smoke test)"
   LOADER_ARGS=(--repeat 1 --inproc-batches 20 --inproc-rounds 1 --loader-batches 30
                --first-runs 1 --synthetic-shards 20000 --synthetic-samples 20000000
                --synthetic-runs 1)
-  [[ $RECORD == 1 ]] || RESULTS="$WORK/RESULTS.md"
+  REMOTE_ARGS=(--tokens 8e6 --shard-size 2MB --ttfb-runs 1 --wait-steps 20)
+  [[ $RECORD == 1 ]] || { RESULTS="$WORK/RESULTS.md"; CHARTS="$WORK/charts"; }
 fi
-[[ $PACK_READER == 1 ]] || TITLE="$TITLE, loader benchmark only"
+if [[ $PACK_READER == 0 && $LOADER == 0 ]]; then TITLE="$TITLE, remote benchmark only"
+elif [[ $PACK_READER == 0 ]]; then TITLE="$TITLE, loader benchmark only"
+elif [[ $REMOTE == 0 ]]; then TITLE="$TITLE, no remote benchmark"
+fi
 mkdir -p "$WORK"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"
 
@@ -85,8 +99,10 @@ if ! $FASTDATA pack --help >/dev/null 2>&1; then
 fi
 
 # -- 3. corpus + tokenizer ------------------------------------------------------------------
-"$PY" "$HERE/corpus.py" --out "$WORK/corpus.jsonl" --docs "$DOCS" \
-  --tokenizer-out "$WORK/tokenizer.json" >/dev/null
+if [[ $PACK_READER == 1 || $LOADER == 1 ]]; then
+  "$PY" "$HERE/corpus.py" --out "$WORK/corpus.jsonl" --docs "$DOCS" \
+    --tokenizer-out "$WORK/tokenizer.json" >/dev/null
+fi
 
 SECTIONS=()
 if [[ $PACK_READER == 1 ]]; then
@@ -122,7 +138,16 @@ if [[ $LOADER == 1 ]]; then
   SECTIONS+=("$WORK/loader.md")
 fi
 
-# -- 7. record --------------------------------------------------------------------------------
+# -- 7. streaming from Azurite behind a proxy ---------------------------------------------------
+if [[ $REMOTE == 1 ]]; then
+  remote_peers=(--peers-python "$PEERS_PY")
+  [[ $MEGATRON == 1 ]] || remote_peers=(--no-peers)
+  "$PY" "$HERE/bench_remote.py" --work-dir "$WORK/remote" --fastdata "$FASTDATA" "${remote_peers[@]}" \
+    "${REMOTE_ARGS[@]}" --json-out "$WORK/remote.json" --md-out "$WORK/remote.md"
+  SECTIONS+=("$WORK/remote.md")
+fi
+
+# -- 8. record --------------------------------------------------------------------------------
 VERSIONS="fastdata $("$PY" -c 'import importlib.metadata as m; print(m.version("fastdata"))' 2>/dev/null || echo '?')"
 VERSIONS+=", numpy $("$PY" -c 'import numpy; print(numpy.__version__)')"
 VERSIONS+=", tokenizers $("$PY" -c 'import tokenizers; print(tokenizers.__version__)')"
@@ -137,3 +162,20 @@ fi
 VERSIONS+="; torch $("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null || echo '?') beside fastdata"
 "$PY" "$HERE/report.py" --results "$RESULTS" --title "$TITLE" --load-before "$LOAD_BEFORE" \
   --versions "$VERSIONS" "${SECTIONS[@]}"
+
+# -- 9. charts (PNG) from this run's JSON ---------------------------------------------------------
+if "$PY" -c "import matplotlib" 2>/dev/null; then
+  NOTE="$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), "
+  NOTE+="$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+  charts_in="$WORK"
+  [[ $QUICK == 1 ]] || charts_in="$(mktemp -d)"
+  if [[ $QUICK == 0 ]]; then  # only this run's JSON: a stale file from an earlier run is not drawn
+    [[ $PACK_READER == 1 ]] && cp "$WORK/pack.json" "$charts_in/"
+    [[ $LOADER == 1 ]] && cp "$WORK/loader.json" "$charts_in/"
+    [[ $REMOTE == 1 ]] && cp "$WORK/remote.json" "$charts_in/"
+  fi
+  "$PY" "$HERE/charts.py" --work-dir "$charts_in" --out "$CHARTS" --note "$NOTE"
+  [[ $QUICK == 1 ]] || rm -rf "$charts_in"
+else
+  echo "matplotlib not importable: no charts (pip install -e '.[bench]')" >&2
+fi
