@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +30,11 @@ def kill_all() -> None:
 class Job:
     """The ranks of one fake training job: ``nodes`` × ``per_node`` child processes."""
 
-    def __init__(self, worker: Path, tmp: Path, nodes: int, per_node: int, **cfg) -> None:
+    def __init__(self, worker: Path, tmp: Path, nodes: int, per_node: int, *, torchrun: bool = False,
+                 **cfg) -> None:
+        """With ``torchrun``, each fake node is one real ``torch.distributed.run`` launcher
+        (static rendezvous on loopback) starting its ``per_node`` ranks; the node's id then
+        comes from torchrun's GROUP_RANK, and its log holds all of its ranks' output."""
         JOBS.append(self)
         self.dir = tmp
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -41,6 +46,10 @@ class Job:
         base.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
         self.started = time.monotonic()
         self.procs: list[subprocess.Popen] = []
+        self.logs_of = [f"log-{r}.txt" for r in range(self.world_size)]
+        if torchrun:
+            self._torchrun(worker, config, base, nodes, per_node)
+            return
         for rank in range(self.world_size):
             env = dict(base, RANK=str(rank), WORLD_SIZE=str(self.world_size),
                        LOCAL_RANK=str(rank % per_node), LOCAL_WORLD_SIZE=str(per_node),
@@ -49,10 +58,23 @@ class Job:
                 self.procs.append(subprocess.Popen([sys.executable, "-P", str(worker), str(config)],
                                                    env=env, stdout=log, stderr=log, start_new_session=True))
 
+    def _torchrun(self, worker: Path, config: Path, base: dict, nodes: int, per_node: int) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.logs_of = [f"log-node{n}.txt" for n in range(nodes)]
+        for node in range(nodes):
+            cmd = [sys.executable, "-P", "-m", "torch.distributed.run", "--nnodes", str(nodes),
+                   "--node_rank", str(node), "--nproc_per_node", str(per_node), "--master_addr", "127.0.0.1",
+                   "--master_port", str(port), "--max_restarts", "0", str(worker), str(config)]
+            with open(self.dir / self.logs_of[node], "wb") as log:
+                self.procs.append(subprocess.Popen(cmd, env=base, stdout=log, stderr=log,
+                                                   start_new_session=True))
+
     def logs(self) -> str:
-        return "\n".join(f"--- rank {r} (rc={p.poll()}):\n"
-                         + (self.dir / f"log-{r}.txt").read_text(errors="replace")[-3000:]
-                         for r, p in enumerate(self.procs))
+        return "\n".join(f"--- {name} (rc={p.poll()}):\n"
+                         + (self.dir / name).read_text(errors="replace")[-3000:]
+                         for name, p in zip(self.logs_of, self.procs))
 
     def kill(self) -> None:
         for p in self.procs:

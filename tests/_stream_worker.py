@@ -165,7 +165,7 @@ def main(path: str) -> int:
     logging.getLogger("fastdata").setLevel(logging.INFO)
     watch_unlinks(UNLINKED)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    node = int(os.environ["FASTDATA_NODE_ID"])
+    node = int(os.environ.get("FASTDATA_NODE_ID") or os.environ["GROUP_RANK"])  # torchrun sets GROUP_RANK
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{cfg['init_file']}", rank=rank,

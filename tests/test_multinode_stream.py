@@ -122,10 +122,11 @@ def _kill_leftover_jobs():
 
 
 class Job(_jobs.Job):
-    """The 4 ranks of one fake job (2 nodes × 2 ranks) running tests/_stream_worker.py."""
+    """The 4 ranks of one job on 2 fake nodes running tests/_stream_worker.py: each node is a real
+    torchrun launcher with 2 ranks (static rendezvous on loopback)."""
 
     def __init__(self, tmp: Path, **cfg) -> None:
-        super().__init__(WORKER, tmp, NODES, PER_NODE, **cfg)
+        super().__init__(WORKER, tmp, NODES, PER_NODE, torchrun=True, **cfg)
 
 
 def consistent(results: list[dict]) -> list[list[int]]:
