@@ -182,3 +182,14 @@ def test_worker_figures_reach_the_main_process(remote, azurite, tmp_path):
     assert snap["cache.misses"] == shards
     assert snap["reader.tokens"] >= steps * 4 * 32  # inputs and labels of every batch were gathered
     assert snap["loader.batches"] == steps
+
+
+@pytest.mark.timeout(60)
+def test_log_every_n_steps(local, caplog):
+    loader = fastdata.DataLoader(fastdata.TokenDataset(local, seq_len=32, seed=1), batch_size=4, log_every=5)
+    with caplog.at_level("INFO", logger="fastdata.metrics"):
+        for _ in zip(range(12), loader):
+            pass
+    lines = [r.getMessage() for r in caplog.records if r.name == "fastdata.metrics"]
+    assert [m.split(":")[0] for m in lines] == ["step 5", "step 10"]
+    assert all("M tok/s" in m and "data-wait" in m for m in lines)
