@@ -254,8 +254,9 @@ def ensure_dataset(args: argparse.Namespace) -> Path:
     toks = rng.integers(0, key["vocab"], size=int(lens.sum()), dtype=np.uint16)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
     src = args.work_dir / "tokens.parquet"
+    # small row groups: the packer reads a row group at a time (one huge group costs GBs of RAM)
     pq.write_table(pa.table({"tokens": pa.LargeListArray.from_arrays(offsets, pa.array(toks))}), src,
-                   compression="none")
+                   compression="none", row_group_size=256)
     cmd = [args.fastdata, "pack", str(src), "-o", str(out), "--pretokenized", "--tokenizer", "none",
            "--vocab-size", str(key["vocab"]), "--text-field", "tokens", "--shard-size", args.shard_size,
            "--overwrite", "-q"]
@@ -701,10 +702,10 @@ def run_peers(args, res: dict, az, proxy, url_note: str) -> dict:
             log(f"[peers] {label}: " + ", ".join(
                 f"{e['wall_s']:.1f} s {e['mb_per_s']:.0f} MB/s" for e in r["epochs"]))
     notes = [
-        "LitData runs with `LITDATA_ASYNC_CHUNK_PREFETCH=0`: its default asynchronous prefetch "
-        "downloads through obstore with `AzureCredentialProvider()` and ignores `storage_options`, "
-        "so it cannot be pointed at Azurite; the synchronous downloader passes `storage_options` to "
-        "`BlobServiceClient` (account_url = the proxy).",
+        "LitData reaches Azurite in its default configuration: the index through `storage_options` "
+        "(`BlobServiceClient(account_url=proxy, credential=...)`), the chunks through its async "
+        "prefetch (obstore), which ignores `storage_options` and is pointed at the proxy with "
+        "obstore's `AZURE_STORAGE_USE_EMULATOR=true` + `AZURITE_BLOB_STORAGE_URL`.",
         "MosaicML Streaming's `azure://` backend builds `https://{account}.blob.core.windows.net` "
         "from the URL or `AZURE_ACCOUNT_NAME` (no endpoint setting), so unpatched it cannot reach "
         "Azurite: it is run over a local directory as its remote (shards copied into its cache) "

@@ -5,11 +5,14 @@ Run with the peers venv: ``remote_peers.py CONFIG_JSON``. The samples were expor
 ``loader_peers.py export`` (MDS: column ``tokens: ndarray:uint16:2049``; LitData: chunks of
 1,024 ``TokensLoader`` blocks) and uploaded by the parent to ``az://CONTAINER/{mds,litdata}``.
 
-* **LitData**: ``StreamingDataset("azure://CONTAINER/litdata", storage_options=...)``. Its
-  synchronous Azure downloader builds ``BlobServiceClient(**storage_options)``, so
-  ``account_url`` can be the proxy. Its default asynchronous chunk prefetch goes through
-  obstore's ``AzureStore`` with ``AzureCredentialProvider()`` and ignores ``storage_options``
-  (it cannot reach an emulator), so it is switched off with ``LITDATA_ASYNC_CHUNK_PREFETCH=0``.
+* **LitData**: ``StreamingDataset("azure://CONTAINER/litdata", storage_options=...)``, in its
+  default configuration. The index comes through its synchronous Azure downloader, which
+  builds ``BlobServiceClient(**storage_options)`` (``account_url`` = the proxy); the chunks
+  through its asynchronous prefetch, obstore's ``AzureStore(container,
+  credential_provider=AzureCredentialProvider())``, which is not given ``storage_options``
+  (without more it fails with "Account must be specified") but reads obstore's emulator
+  settings from the environment: ``AZURE_STORAGE_USE_EMULATOR=true`` and
+  ``AZURITE_BLOB_STORAGE_URL`` = the proxy.
 * **MosaicML Streaming**: ``azure://`` builds ``https://{account}.blob.core.windows.net`` from
   the URL (or ``AZURE_ACCOUNT_NAME``), with no endpoint setting. Source ``local`` uses the
   exported folder as the remote (its LocalDownloader copies shards into ``local``); source
@@ -38,7 +41,10 @@ import loader_peers  # noqa: E402  (the same helpers as the local loader benchma
 
 
 def litdata_loader(cfg: dict):
-    os.environ["LITDATA_ASYNC_CHUNK_PREFETCH"] = "0"
+    # chunks: obstore (async prefetch, the default), which takes no storage_options but reads
+    # the emulator settings from the environment; the index: the sync BlobServiceClient path
+    os.environ["AZURE_STORAGE_USE_EMULATOR"] = "true"
+    os.environ["AZURITE_BLOB_STORAGE_URL"] = cfg["endpoint"].rsplit("/", 1)[0]
     from litdata import StreamingDataLoader, StreamingDataset  # noqa: PLC0415
     from litdata.streaming.item_loader import TokensLoader  # noqa: PLC0415
 
