@@ -16,25 +16,29 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-#: Bucket ``i`` holds durations in ``[2**((i - 1) / 4), 2**(i / 4))`` microseconds: 19 %
-#: wide, from 1 µs to about 1.2 days.
+#: Timing buckets: 4 per doubling of the duration in microseconds (``frexp``'s exponent and
+#: the top bits of its mantissa), 12-25 % wide, from 1 µs to about 1.2 days.
 _PER_DOUBLING = 4
-_BUCKETS = 4 * 37
+_BUCKETS = 4 * 38
 
 
 def _bucket(seconds: float) -> int:
     micros = seconds * 1e6
-    if micros <= 1.0:
+    if micros < 1.0:
         return 0
-    return min(_BUCKETS - 1, int(math.ceil(math.log2(micros) * _PER_DOUBLING)))
+    mantissa, exponent = math.frexp(micros)  # micros = mantissa * 2**exponent, mantissa in [0.5, 1)
+    return min(_BUCKETS - 1, exponent * _PER_DOUBLING + int((mantissa - 0.5) * 2 * _PER_DOUBLING) - 3)
 
 
 def _bucket_value(i: int) -> float:
-    """A representative duration of bucket ``i``, in seconds (its geometric middle)."""
-    return 2 ** ((i - 0.5) / _PER_DOUBLING) / 1e6 if i else 1e-6
+    """The middle of bucket ``i``, in seconds."""
+    if i == 0:
+        return 1e-6
+    exponent, part = divmod(i + 3, _PER_DOUBLING)
+    return (0.5 + (part + 0.5) / (2 * _PER_DOUBLING)) * 2.0**exponent / 1e6
 
 
 class Registry:
@@ -63,6 +67,20 @@ class Registry:
             t[0] += 1
             t[1] += seconds
             t[2 + _bucket(seconds)] += 1
+
+    def record(self, counts: Iterable[tuple[str, float]] = (), timings: Iterable[tuple[str, float]] = ()
+               ) -> None:
+        """Several counts and timings under one lock (the loader's per-batch figures)."""
+        with self._lock:
+            for name, value in counts:
+                self._counters[name] = self._counters.get(name, 0) + value
+            for name, seconds in timings:
+                t = self._timings.get(name)
+                if t is None:
+                    t = self._timings[name] = [0.0] * (2 + _BUCKETS)
+                t[0] += 1
+                t[1] += seconds
+                t[2 + _bucket(seconds)] += 1
 
     def export(self) -> dict[str, Any]:
         """Raw, mergeable figures (plain numbers and lists, for a worker to send)."""

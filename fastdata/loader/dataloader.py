@@ -180,11 +180,14 @@ class DataLoader:
             snap.update(_job_view(snap))
         return snap
 
-    def _record(self, waited: float, first: bool, batch: Mapping[str, torch.Tensor]) -> None:
+    def _record(self, waited: float, first: bool, step_before: float | None,
+                batch: Mapping[str, torch.Tensor]) -> None:
+        """One batch's figures: its wait, and the previous step's time (None after the first)."""
         tokens = batch["input_ids"].numel() if "input_ids" in batch else 0
-        self._stats.observe("loader.first_batch" if first else "loader.wait", waited)
-        self._stats.count("loader.batches")
-        self._stats.count("loader.tokens", tokens)
+        timings = [("loader.first_batch" if first else "loader.wait", waited)]
+        if step_before is not None:
+            timings.append(("loader.step", step_before))
+        self._stats.record((("loader.batches", 1), ("loader.tokens", tokens)), timings)
 
     def _log(self, step: int) -> None:
         if self.log_every and (step + 1) % self.log_every == 0:
@@ -210,7 +213,9 @@ class DataLoader:
              ) -> Iterator[dict[str, torch.Tensor]]:
         source = (self._threaded(order, start) if self.backend == "threads" or self.num_workers == 0
                   else self._processes(epoch, start))
-        asked, first = time.perf_counter(), True
+        # A step runs from one next() to the following one: the loop's own work plus the wait.
+        # Each is recorded with the next batch (one lock per batch); the first is left out.
+        asked, previous, first = time.perf_counter(), None, True
         if self._started is None:
             self._started = asked
         try:
@@ -219,13 +224,13 @@ class DataLoader:
                     raise FastdataStateError("this iterator was replaced by load_state_dict(); "
                                              "call iter(loader) again")
                 self._position = (epoch, step + 1)
-                self._record(time.perf_counter() - asked, first, batch)
+                got = time.perf_counter()
+                self._record(got - asked, first, None if previous is None else asked - previous, batch)
                 yield batch
-                resumed = time.perf_counter()  # the loop asks for the next batch
-                if not first:
-                    self._stats.observe("loader.step", resumed - asked)
-                asked, first = resumed, False
-                self._log(step)
+                previous = None if first else asked
+                asked, first = time.perf_counter(), False
+                if self.log_every:
+                    self._log(step)
         finally:
             close = getattr(source, "close", None)
             if close is not None:
