@@ -272,3 +272,24 @@ def test_latency_and_bandwidth_are_measured_through_a_slow_link(azurite, azure_d
     bw = checks["bandwidth"]["values"]
     assert 0 < bw["bytes"] <= 4 << 20 and bw["seconds"] <= 2.0 + 1.0  # --quick: 4 MiB or 2 s at most
     assert bw["bytes_per_s"] <= 4 * 100_000 * 1.2  # 4 connections at 100 kB/s each
+
+
+def test_scrubber_removes_every_credential_value_and_nothing_else():
+    from fastdata.doctor import Check, DoctorOptions
+    from fastdata.doctor.credentials import credential_sources, scrubber
+
+    key = CANARY + "a1b2c3d4e5f6g7h8=="
+    conn = f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={key};BlobEndpoint=http://h:1/acct;"
+    sas = f"sv=2021-08-06&sp=rl&sig={CANARY}x%2By%3D"
+    options = DoctorOptions(
+        cache_dir="/c", url=f"az://c/ds?{sas}",
+        storage_options={"connection_string": conn, "account_name": "acct", "allow_insecure": True},
+        env={"AZURE_STORAGE_SAS_TOKEN": "other-" + sas, "OMP_NUM_THREADS": "4", "AWS_PROFILE": "dev"})
+    detail = (f"endpoint http://h:1/acct account acct: {conn} | key {key} | sig {CANARY}x+y= | "
+              f"{CANARY}x%2By%3D | url az://c/ds?{sas}")
+    scrubbed = scrubber(options)(Check("x", "fail", detail, {"text": key, "n": 3}))
+    assert scrubbed.detail == ("endpoint http://h:1/acct account acct: <redacted> | key <redacted> | "
+                               "sig <redacted> | <redacted> | url az://c/ds?<redacted>")
+    assert scrubbed.values == {"text": "<redacted>", "n": 3}
+    assert credential_sources(options) == ["storage option connection_string", "$AZURE_STORAGE_SAS_TOKEN",
+                                           "$AWS_PROFILE"]

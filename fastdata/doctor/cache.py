@@ -174,6 +174,8 @@ def _disk_throughput(options: DoctorOptions, free: int) -> list[Check]:
 
 
 def cache_checks(options: DoctorOptions, manifest: Manifest | None) -> list[Check]:
+    """cache-dir, cache-space (against the limit and, given the ``manifest``, the loader's minimum),
+    cache-write and cache-read. A missing cache dir is created for the measurement and removed."""
     where = _cache_dir_check(options.cache_dir)
     if where.status == FAIL:
         return [where, *(Check(n, SKIP, "cache dir unusable") for n in ("cache-space", "cache-write",

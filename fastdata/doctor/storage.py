@@ -75,6 +75,11 @@ def _after_failed_probe(store: Store, failed: Check, options: DoctorOptions) -> 
 
 
 def storage_checks(options: DoctorOptions) -> tuple[list[Check], Manifest | None]:
+    """storage, credentials (remote only), dataset, latency and bandwidth for ``options.url``.
+
+    Returns:
+        The checks, and the manifest when it could be read (the cache checks size against it).
+    """
     try:
         store = Store(str(options.url), options.storage_options)
     except FastdataError as e:
@@ -85,7 +90,8 @@ def storage_checks(options: DoctorOptions) -> tuple[list[Check], Manifest | None
     except Exception as e:  # noqa: BLE001 - every backend raises its own types; classified here
         return _after_failed_probe(store, _probe_failure(store, e, options), options), None
     took = time.monotonic() - started
-    checks = [Check("storage", PASS, f"{store.display} answered in {1e3 * took:.0f} ms", {"seconds": took})]
+    answered = "is a local directory" if store.local else f"answered in {1e3 * took:.0f} ms"
+    checks = [Check("storage", PASS, f"{store.display} {answered}", {"seconds": took})]
     if not store.local:
         checks.append(_credentials_pass(options))
     try:
@@ -152,6 +158,7 @@ def _bandwidth(store: Store, manifest: Manifest, options: DoctorOptions) -> Chec
     rate = total / seconds
     status = WARN if rate < options.thresholds.download_bytes_per_s and total >= 1 << 20 else PASS
     note = "" if total >= 1 << 20 else " (under 1 MiB to read: a rough figure)"
+    note += " (local files, likely from the page cache)" if store.local else ""
     return Check("bandwidth", status, f"{format_size(rate)}/s: {format_size(total)} in {seconds:.2f} s{note}",
                  {"bytes_per_s": rate, "bytes": total, "seconds": seconds})
 
