@@ -121,8 +121,8 @@ def _cache_space(options: DoctorOptions, manifest: Manifest | None) -> Check:
                         "bytes or free space")
     if problems:
         return Check("cache-space", FAIL, "; ".join(problems), values)
-    shown = f"cache_limit {format_size(limit)}" if limit is not None else "no cache_limit"
-    fits = f", minimum {format_size(values['minimum'])}" if "minimum" in values else ""
+    shown = f"cache_limit {limit} bytes ({format_size(limit)})" if limit is not None else "no cache_limit"
+    fits = f", the dataset needs at least {values['minimum']} bytes" if "minimum" in values else ""
     return Check("cache-space", PASS, f"{shown}{fits}; {have}", values)
 
 
