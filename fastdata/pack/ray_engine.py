@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -123,7 +123,6 @@ class _Encoded:
 
     index: int
     lengths: np.ndarray
-    segment: tuple[int, str]  #: size and xxh3-128 of the published segment
     input_bytes: int
     skipped: dict[str, int]
     first_skipped: list[str]
@@ -185,19 +184,18 @@ def _encode(area: _Area, index: int, task: Task, options: EncodeOptions) -> _Enc
                 path = _fetch_segment(store, index, done["segment"], staging)
                 with open_shard(path) as view:
                     lengths = np.diff(view.doc_offsets().astype(np.int64))
-                return _Encoded(index, lengths, tuple(done["segment"]), done["input_bytes"],
-                                done["skipped"], done["first_skipped"], reused=True)
+                return _Encoded(index, lengths, done["input_bytes"], done["skipped"],
+                                done["first_skipped"], reused=True)
             except (FastdataError, KeyError, TypeError, ValueError) as e:
                 log.warning("encoding task %d again: %s", index, e)
         pause_point(f"ray_encode_{index}")
         result = encode_task(task, options)
         written = _publish_segment(store, name, result, staging)
-    segment = (written.size, written.xxh3_128)
-    record = {"job": area.job, "task": asdict(task), "segment": segment,
+    record = {"job": area.job, "task": asdict(task), "segment": (written.size, written.xxh3_128),
               "input_bytes": result.input_bytes, "skipped": dict(result.skipped),
               "first_skipped": result.first_skipped}
     store.write_bytes(_record(name), json.dumps(record).encode())
-    return _Encoded(index, result.lengths, segment, result.input_bytes, dict(result.skipped),
+    return _Encoded(index, result.lengths, result.input_bytes, dict(result.skipped),
                     result.first_skipped, reused=False)
 
 
@@ -216,8 +214,7 @@ def _publish_segment(store: Store, name: str, result: TaskResult, staging: str) 
     return written
 
 
-def _write(area: _Area, index: int, pieces: Pieces,
-           segments: Mapping[int, tuple[int, str]]) -> tuple[int, ShardInfo, bool]:
+def _write(area: _Area, index: int, pieces: Pieces) -> tuple[int, ShardInfo, bool]:
     """Ray task: assemble shard ``index`` from its segment pieces and publish it.
 
     Returns:
@@ -232,19 +229,23 @@ def _write(area: _Area, index: int, pieces: Pieces,
             return index, info, True
     pause_point(f"ray_shard_{index}")
     with tempfile.TemporaryDirectory(prefix="fastdata-ray-") as staging:
-        docs = _gather(store, pieces, segments, staging)
+        docs = _gather(store, area.job, pieces, staging)
         info = publish_shard(store, area.form, index, docs, staging)
     store.write_bytes(_shard_record(index),
                       json.dumps({"job": area.job, "pieces": plan, "info": asdict(info)}).encode())
     return index, info, False
 
 
-def _gather(store: Store, pieces: Pieces, segments: Mapping[int, tuple[int, str]],
-            staging: str) -> TaskResult:
-    """Concatenate the documents ``pieces`` name, from verified segments."""
+def _gather(store: Store, job: str, pieces: Pieces, staging: str) -> TaskResult:
+    """Concatenate the documents ``pieces`` name, from segments checked against their records."""
     toks, lens, masks = [], [], []
     for task, lo, hi in pieces:
-        path = _fetch_segment(store, task, segments[task], staging)
+        name = _segment(task)
+        done = _load_json(store, _record(name))
+        if done is None or done.get("job") != job or "segment" not in done:
+            raise FastdataIntegrityError(f"{store.describe(_record(name))} is missing or belongs to "
+                                         "another pack; re-run the same command to encode its input again")
+        path = _fetch_segment(store, task, done["segment"], staging)
         with open_shard(path) as view:
             offsets = view.doc_offsets()
             start, stop = int(offsets[lo]), int(offsets[hi])
@@ -258,39 +259,59 @@ def _gather(store: Store, pieces: Pieces, segments: Mapping[int, tuple[int, str]
     return TaskResult(np.concatenate(toks), np.concatenate(lens), mask, 0)
 
 
-def plan_shards(lengths: Iterable[np.ndarray], target: int) -> list[Pieces]:
+class ShardPlanner:
     """Each shard's pieces of input tasks, cut exactly where the local engine cuts.
 
-    Args:
-        lengths: the document lengths of every input task, in task order.
-        target: tokens per shard (:func:`target_tokens`).
+    Fed each task's document lengths in task order; it keeps only the documents not yet in
+    a shard, so the driver never holds the lengths of the whole corpus.
     """
-    cutter = ShardCutter(target)
-    queue: deque[list[int]] = deque()  # [task, first doc, end doc] not yet in a shard
-    shards: list[Pieces] = []
 
-    def take(ndocs: int) -> None:
+    def __init__(self, target: int) -> None:
+        self.cutter = ShardCutter(target)
+        self.queue: deque[list[int]] = deque()  # [task, first doc, end doc] not yet in a shard
+        self.shards: list[Pieces] = []
+        self.tasks = 0
+
+    def add(self, lengths: np.ndarray) -> None:
+        """The next task's document lengths."""
+        if len(lengths):
+            self.queue.append([self.tasks, 0, len(lengths)])
+        self.tasks += 1
+        for ndocs in self.cutter.add(lengths):
+            self._take(ndocs)
+
+    def finish(self) -> list[Pieces]:
+        """Close the last shard; every shard's pieces, in shard order."""
+        last = self.cutter.finish()
+        if last:
+            self._take(last)
+        return self.shards
+
+    def _take(self, ndocs: int) -> None:
         pieces = []
         while ndocs:
-            task, lo, hi = queue[0]
+            task, lo, hi = self.queue[0]
             k = min(ndocs, hi - lo)
             pieces.append((task, lo, lo + k))
             if k == hi - lo:
-                queue.popleft()
+                self.queue.popleft()
             else:
-                queue[0][1] = lo + k
+                self.queue[0][1] = lo + k
             ndocs -= k
-        shards.append(tuple(pieces))
+        self.shards.append(tuple(pieces))
 
-    for task, task_lengths in enumerate(lengths):
-        if len(task_lengths):
-            queue.append([task, 0, len(task_lengths)])
-        for ndocs in cutter.add(task_lengths):
-            take(ndocs)
-    last = cutter.finish()
-    if last:
-        take(last)
-    return shards
+
+def plan_shards(lengths: Iterable[np.ndarray], target: int) -> list[Pieces]:
+    """:class:`ShardPlanner` over every task's document lengths, in task order.
+
+    Args:
+        lengths: the document lengths of each input task.
+        target: tokens per shard (:func:`target_tokens`).
+    """
+    planner = ShardPlanner(target)
+    for task_lengths in lengths:
+        planner.add(task_lengths)
+    return planner.finish()
 
 
 def _import_ray() -> Any:
@@ -313,7 +334,7 @@ def _failure(ray: Any, error: Exception, what: str) -> FastdataError:
         "command to finish the pack (finished segments and shards are kept)")
 
 
-def _run_all(ray: Any, fn: Any, calls: Sequence[tuple[Any, ...]], what: Callable[[int], str],
+def _run_all(ray: Any, fn: Any, calls: Iterable[tuple[Any, ...]], what: Callable[[int], str],
              on_result: Callable[[Any], None]) -> None:
     """Run ``fn(*call)`` for every call, a bounded number at a time.
 
@@ -428,12 +449,12 @@ def pack_on_ray(config: PackConfig, options: RayOptions | None = None,
     started = _connect(ray, config, options)
     try:
         task_options = {"num_cpus": 1, "max_retries": options.max_retries}
-        encoded = _encode_all(ray, ray.remote(_encode).options(**task_options), area, plan,
-                              config.encode, totals, progress)
-        shards = plan_shards((e.lengths for e in encoded), target_tokens(config.shard_size, plan.dtype))
+        planner = ShardPlanner(target_tokens(config.shard_size, plan.dtype))
+        _encode_all(ray, ray.remote(_encode).options(**task_options), area, plan, config.encode,
+                    planner, totals, progress)
+        shards = planner.finish()
         store.write_bytes(JOB_RECORD, json.dumps(
             {"job": plan.job, "tasks": len(plan.tasks), "shards": len(shards)}).encode())
-        segments = {e.index: e.segment for e in encoded}
         infos: list[ShardInfo | None] = [None] * len(shards)
 
         def on_shard(result: tuple[int, ShardInfo, bool]) -> None:
@@ -445,8 +466,8 @@ def pack_on_ray(config: PackConfig, options: RayOptions | None = None,
             if progress:
                 progress(totals)
 
-        calls = [(area, i, p, {t: segments[t] for t, _, _ in p}) for i, p in enumerate(shards)]
-        _run_all(ray, ray.remote(_write).options(**task_options), calls,
+        _run_all(ray, ray.remote(_write).options(**task_options),
+                 ((area, i, pieces) for i, pieces in enumerate(shards)),
                  lambda i: f"writing shard {i}", on_shard)
     finally:
         if started:
@@ -457,26 +478,29 @@ def pack_on_ray(config: PackConfig, options: RayOptions | None = None,
 
 
 def _encode_all(ray: Any, fn: Any, area: _Area, plan: PackPlan, encode: EncodeOptions,
-                totals: PackProgress, progress: Callable[[PackProgress], None] | None) -> list[_Encoded]:
-    """Phase 1: every input task's segment; the results in task order."""
-    results: list[_Encoded | None] = [None] * len(plan.tasks)
+                planner: ShardPlanner, totals: PackProgress,
+                progress: Callable[[PackProgress], None] | None) -> None:
+    """Phase 1: every input task's segment, the lengths fed to ``planner`` in task order."""
+    early: dict[int, _Encoded] = {}  # finished before a task in front of them
 
     def on_result(e: _Encoded) -> None:
-        results[e.index] = e
         if e.reused:
             totals.resumed_tasks += 1
         else:  # this run's work only, as the local engine counts it
             totals.docs += len(e.lengths)
             totals.tokens += int(e.lengths.sum())
             totals.input_bytes += e.input_bytes
+        early[e.index] = e
+        while planner.tasks in early:
+            ready = early.pop(planner.tasks)
+            planner.add(ready.lengths)
+            totals.skipped.update(ready.skipped)  # whichever run encoded the task
+            totals.first_skipped += ready.first_skipped[: max(5 - len(totals.first_skipped), 0)]
         if progress:
             progress(totals)
 
-    calls = [(area, i, task, encode) for i, task in enumerate(plan.tasks)]
-    task_names = [f"{t.path}[{t.start}:{t.end}]" for t in plan.tasks]
-    _run_all(ray, fn, calls, lambda i: f"encoding {task_names[i]}", on_result)
-    done = [e for e in results if e is not None]
-    for e in done:  # skipped records in task order, whichever run encoded them
-        totals.skipped.update(e.skipped)
-        totals.first_skipped += e.first_skipped[: max(5 - len(totals.first_skipped), 0)]
-    return done
+    def what(i: int) -> str:
+        task = plan.tasks[i]
+        return f"encoding {task.path}[{task.start}:{task.end}]"
+
+    _run_all(ray, fn, ((area, i, task, encode) for i, task in enumerate(plan.tasks)), what, on_result)
