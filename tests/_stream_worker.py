@@ -110,7 +110,7 @@ def run(cfg: dict, rank: int, world_size: int, node: int, result: dict) -> None:
         cfg["url"], seq_len=cfg["seq_len"], seed=cfg["seed"],
         order=fastdata.OrderOptions(window=cfg["window"], partitions=cfg["partitions"]),
         cache_dir=cfg["caches"][node], cache_limit=cfg["cache_limit"],
-        storage_options={"connection_string": cfg["conns"][node]})
+        storage_options={"connection_string": cfg["conns"][node], "allow_insecure": True})
     extra = {} if cfg["prefetch_bytes"] is None else {"prefetch_bytes": cfg["prefetch_bytes"]}
     loader = fastdata.DataLoader(ds, batch_size=cfg["batch_size"], num_workers=cfg["num_workers"],
                                  backend=cfg["backend"], **extra)

@@ -48,6 +48,7 @@ def container(azurite):
 
 @pytest.fixture
 def az_env(azurite, monkeypatch):
-    """Point adlfs at Azurite through the environment, as a CLI user would."""
+    """Point adlfs at Azurite through the environment, as a CLI user would (plain HTTP: opted in)."""
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite["conn"])
+    monkeypatch.setenv("FASTDATA_ALLOW_INSECURE", "1")
     return dict(os.environ)

@@ -194,7 +194,7 @@ def corpus(azurite, tmp_path_factory) -> dict:
     fs = fsspec.filesystem("az", connection_string=azurite["conn"], skip_instance_cache=True)
     fs.mkdir(container)
     url = f"az://{container}/ds"
-    env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=azurite["conn"])
+    env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=azurite["conn"], FASTDATA_ALLOW_INSECURE="1")
     for out, e in ((str(d / "local"), None), (url, env)):
         subprocess.run([sys.executable, "-P", "-m", "fastdata.cli.main", "pack", src, "-o", out, *args],
                        check=True, timeout=120, env=e)

@@ -39,7 +39,7 @@ def test_pack_to_azure_and_read_back_with_az_and_abfs(tmp_path, corpus, containe
     subprocess.run(cmd(corpus, str(local)), check=True, timeout=120)
     with fastdata.open_dataset(str(local)) as ref:
         expected = [ref.doc(i).tolist() for i in range(ref.num_docs)]
-    opts = {"connection_string": azurite["conn"]}
+    opts = {"connection_string": azurite["conn"], "allow_insecure": True}
     for scheme in ("az", "abfs"):
         with fastdata.open_dataset(f"{scheme}://{container}/ds", storage_options=opts,
                                    cache_dir=str(tmp_path / scheme)) as ds:
@@ -57,7 +57,8 @@ def test_killed_upload_leaves_no_manifest_and_resumes(tmp_path, corpus, containe
     assert "manifest.json" not in names
     assert ".fastdata-pack.json" in names and len([n for n in names if n.endswith(".zst")]) == 3
     with pytest.raises(fastdata.FastdataFormatError, match="manifest.json does not exist"):
-        fastdata.open_dataset(url, storage_options={"connection_string": azurite["conn"]})
+        fastdata.open_dataset(url, storage_options={"connection_string": azurite["conn"],
+                                                    "allow_insecure": True})
     proc = subprocess.run(cmd(corpus, url), env=az_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "resumed after 3 finished shards" in proc.stdout

@@ -40,7 +40,8 @@ def proxy(azurite):
 
 
 def store_via(proxy, **options) -> Store:
-    return Store("az://remote", {"connection_string": connection_string(proxy.port), **options})
+    return Store("az://remote", {"connection_string": connection_string(proxy.port), "allow_insecure": True,
+                                  **options})
 
 
 def fetch(store: Store, tmp_path, data: bytes, name: str = "blob.bin", policy: RetryPolicy = POLICY):
@@ -95,7 +96,8 @@ def test_d6_missing_and_forbidden_fail_fast(proxy, blob, tmp_path):
         fetch(store_via(proxy), tmp_path, blob, name="nope.bin")
     assert time.monotonic() - started < 2
     canary = "U0lHQ0FOQVJZMTIzU0lHQ0FOQVJZMTIz" + DEV_KEY[32:]  # a wrong key: 403
-    bad = Store("az://remote", {"connection_string": connection_string(proxy.port).replace(DEV_KEY, canary)})
+    bad = Store("az://remote", {"connection_string": connection_string(proxy.port).replace(DEV_KEY, canary),
+                                "allow_insecure": True})
     started = time.monotonic()
     with pytest.raises(fastdata.FastdataError) as err:
         fetch(bad, tmp_path, blob)
@@ -107,7 +109,7 @@ def test_d6_missing_and_forbidden_fail_fast(proxy, blob, tmp_path):
 def test_d7_replaced_object_is_an_integrity_error(azurite, blob, tmp_path):
     fs = fsspec.filesystem("az", connection_string=azurite["conn"], skip_instance_cache=True)
     fs.pipe_file("remote/changing.bin", os.urandom(1 << 20))
-    store = Store("az://remote", {"connection_string": azurite["conn"]})
+    store = Store("az://remote", {"connection_string": azurite["conn"], "allow_insecure": True})
     expected = os.urandom(1 << 20)  # the manifest's version was never uploaded
     mismatch = "changing.bin: xxh3_128 is .* the manifest says"
     with pytest.raises(fastdata.FastdataIntegrityError, match=mismatch):
@@ -119,7 +121,8 @@ def test_g4_urls_are_redacted():
         "https://acct.blob.core.windows.net/c/x.fds?<redacted>"
     assert "SIGCANARY123" not in redact("az://user:SIGCANARY123@container/x")
     store = Store("az://remote", {"connection_string": "AccountName=a;AccountKey=SIGCANARY123;"
-                                                      "BlobEndpoint=http://127.0.0.1:9/a;"})
+                                                      "BlobEndpoint=http://127.0.0.1:9/a;",
+                                   "allow_insecure": True})
     assert "SIGCANARY123" not in repr(store) and "SIGCANARY123" not in store.describe("x")
 
 
@@ -130,10 +133,10 @@ def test_g4_pickles_carry_no_credentials(azurite, blob):
 
     conn = azurite["conn"]
     key = conn.split("AccountKey=")[1].split(";")[0]
-    store = Store("az://remote", {"connection_string": conn})
+    store = Store("az://remote", {"connection_string": conn, "allow_insecure": True})
     blob = pickle.dumps(store)
     assert key.encode() not in blob and key[:12].encode() not in blob
-    sas = Store("az://remote?sv=1&sig=SIGCANARY123", {"connection_string": conn})
+    sas = Store("az://remote?sv=1&sig=SIGCANARY123", {"connection_string": conn, "allow_insecure": True})
     assert b"SIGCANARY123" not in pickle.dumps(sas)
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:  # a forked child resolves the credentials it inherited

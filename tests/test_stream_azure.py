@@ -34,10 +34,15 @@ def remote(azurite, tmp_path_factory):
     pack(src, d / "local")
     fs = fsspec.filesystem("az", connection_string=azurite["conn"], skip_instance_cache=True)
     fs.mkdir("stream")
-    pack(src, "az://stream/ds", env=dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=azurite["conn"]))
+    pack(src, "az://stream/ds", env=dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=azurite["conn"],
+                                                FASTDATA_ALLOW_INSECURE="1"))
     with fastdata.open_dataset(str(d / "local")) as ds:
         raw = [s.raw_bytes for s in ds.shards]
     return {"local": str(d / "local"), "url": "az://stream/ds", "raw": raw}
+
+
+def azure_options(azurite) -> dict:
+    return {"connection_string": azurite["conn"], "allow_insecure": True}  # Azurite is plain HTTP
 
 
 def du(path: str) -> int:
@@ -84,7 +89,7 @@ def test_stream_through_a_small_node_cache(remote, azurite, tmp_path):
     for scheme in ("az", "abfs"):
         ds = fastdata.TokenDataset(remote["url"].replace("az://", f"{scheme}://"), seq_len=32, seed=3,
                                    cache_dir=str(cache), cache_limit=limit,
-                                   storage_options={"connection_string": azurite["conn"]})
+                                   storage_options=azure_options(azurite))
         monitor = DiskMonitor(str(cache))
         got = ids_of(fastdata.DataLoader(ds, batch_size=4, num_workers=2, prefetch_bytes=limit // 2))
         peak = monitor.stop()
@@ -92,7 +97,7 @@ def test_stream_through_a_small_node_cache(remote, azurite, tmp_path):
         assert 0 < peak <= limit
     with fastdata.open_dataset(remote["local"]) as local:
         ds = fastdata.TokenDataset(remote["url"], seq_len=32, seed=3, cache_dir=str(cache), cache_limit=limit,
-                                   storage_options={"connection_string": azurite["conn"]})
+                                   storage_options=azure_options(azurite))
         batch = next(iter(fastdata.DataLoader(ds, batch_size=4, num_workers=0)))
         shard, offset = ds.assembler().window(int(batch["sample_ids"][0]))
         start = int(ds.assembler().token_starts[shard]) + offset
@@ -103,7 +108,7 @@ def test_impossible_cache_limit_is_refused_up_front(remote, azurite, tmp_path):
     with pytest.raises(fastdata.FastdataConfigError, match="use at least"):
         fastdata.TokenDataset(remote["url"], seq_len=32, cache_dir=str(tmp_path / "c"),
                               cache_limit=max(remote["raw"]) * 2,
-                              storage_options={"connection_string": azurite["conn"]})
+                              storage_options=azure_options(azurite))
     assert not any(n.endswith(".fds") for _, _, names in os.walk(tmp_path / "c") for n in names)
 
 
@@ -114,7 +119,8 @@ def test_resets_on_the_wire_do_not_change_the_stream(remote, azurite, tmp_path):
         proxy.faults.reset_after, proxy.faults.fault_conns = 3000, 6
         ds = fastdata.TokenDataset(remote["url"], seq_len=32, seed=3, cache_dir=str(tmp_path / "cache"),
                                    cache_limit=max(remote["raw"]) * 8,
-                                   storage_options={"connection_string": connection_string(proxy.port)})
+                                   storage_options={"connection_string": connection_string(proxy.port),
+                                                    "allow_insecure": True})
         got = ids_of(fastdata.DataLoader(ds, batch_size=4, num_workers=2))
         assert proxy.counters.faults >= 1
     finally:
@@ -125,7 +131,7 @@ def test_resets_on_the_wire_do_not_change_the_stream(remote, azurite, tmp_path):
 def test_warm_cache_makes_no_data_gets_and_heals_damage(remote, azurite, tmp_path):
     proxy = FaultProxy(azurite["port"]).start()
     try:
-        opts = {"connection_string": connection_string(proxy.port)}
+        opts = {"connection_string": connection_string(proxy.port), "allow_insecure": True}
         cache = tmp_path / "cache"
         limit = sum(remote["raw"]) * 2  # everything fits: the second epoch is warm
 

@@ -3,10 +3,11 @@
 Transient faults (connection resets, timeouts, truncated bodies, 5xx, 503 with
 Retry-After) are retried with bounded exponential backoff; 400/401/403/404 fail at once.
 Large objects come down as parallel ranged reads written in place. The result is checked
-against the expected size and xxh3-128 before the caller publishes it, and the object's
-ETag is compared before and after, so an object replaced mid-download is refetched (and a
-persistent mismatch ends in :class:`FastdataIntegrityError`). Messages name the object
-with its URL's query string removed and never carry credentials.
+against the expected size and xxh3-128 before the caller publishes it. An object fetched in
+several ranges must not change in between: over HTTP(S) every range after the first is
+asked for with ``If-Match`` (412: start again from byte 0), elsewhere the ETag is compared
+before and after; a persistent mismatch ends in :class:`FastdataIntegrityError`. Messages
+name the object with its URL's query string removed and never carry credentials.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fastdata.errors import (
     FastdataError,
     FastdataIntegrityError,
 )
-from fastdata.storage.remote import Store, redact
+from fastdata.storage.remote import ObjectChangedError, Store, redact
 
 log = logging.getLogger(__name__)
 PERMANENT_STATUS = (400, 401, 403, 404)
@@ -56,7 +57,9 @@ def _status(error: BaseException) -> int | None:
 
 
 def _retry_after(error: BaseException) -> float | None:
-    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    # azure-core errors carry the response; aiohttp's ClientResponseError the headers
+    headers = (getattr(getattr(error, "response", None), "headers", None)
+               or getattr(error, "headers", None) or {})
     try:
         value = headers.get("Retry-After") or headers.get("retry-after")
         return float(value) if value is not None else None
@@ -98,26 +101,50 @@ def _write_at(fd: int, data: bytes, offset: int) -> None:
 
 
 def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy) -> None:
-    """One attempt: every range of the object into ``fd`` (raises on any failure)."""
+    """One attempt: every range of the object into ``fd``, all from one version of it.
+
+    One range is one GET: it returns one version, and the hash check catches the rest. Over
+    HTTP(S) the first range names the version (its ETag) and the others are asked for with
+    ``If-Match``, so a replaced object answers 412; other backends compare the ETag before
+    and after.
+    """
     ranges = [(s, min(s + policy.range_bytes, size)) for s in range(0, size, policy.range_bytes)]
 
-    def one(bounds: tuple[int, int]) -> None:
+    def one(bounds: tuple[int, int], if_match: str | None = None) -> str | None:
         start, end = bounds
-        data = store.read_range(name, start, end)
+        etag = None
+        if store.conditional_reads:
+            data, etag = store.read_range_tagged(name, start, end, if_match)
+            if if_match is not None and etag is not None and etag != if_match:  # If-Match ignored
+                raise ObjectChangedError(f"{store.describe(name)} changed during the download "
+                                         f"(ETag {if_match}, then {etag})")
+        else:
+            data = store.read_range(name, start, end)
         if len(data) != end - start:
             raise FastdataIntegrityError(
-                f"{store.describe(name)}: range {start}-{end} returned {len(data)} bytes, "
-                f"expected {end - start}")
+                f"{store.describe(name)}: bytes {start}-{end - 1} came back as {len(data)} bytes, "
+                f"expected {end - start} (truncated or replaced object)")
         _write_at(fd, data, start)
         pause_point("mid_download")
+        return etag
 
     if len(ranges) <= 1:
         for r in ranges:
             one(r)
         return
-    with ThreadPoolExecutor(min(policy.parallel, len(ranges)), thread_name_prefix="fastdata-range") as pool:
-        for future in [pool.submit(one, r) for r in ranges]:
-            future.result()
+
+    def parallel(rest: list[tuple[int, int]], version: str | None = None) -> None:
+        with ThreadPoolExecutor(min(policy.parallel, len(rest)), thread_name_prefix="fastdata-range") as pool:
+            for future in [pool.submit(one, r, version) for r in rest]:
+                future.result()
+
+    if store.conditional_reads:
+        parallel(ranges[1:], one(ranges[0]))
+        return
+    before = store.etag(name)
+    parallel(ranges)
+    if store.etag(name) != before:
+        raise ObjectChangedError(f"{store.describe(name)} changed during the download")
 
 
 def download(store: Store, name: str, dest: str, size: int, digest: str,
@@ -138,7 +165,6 @@ def download(store: Store, name: str, dest: str, size: int, digest: str,
     for attempt in range(1, policy.attempts + 1):
         stats.attempts = attempt
         try:
-            etag = store.etag(name)
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 _fetch_once(store, name, fd, size, policy)
@@ -146,8 +172,6 @@ def download(store: Store, name: str, dest: str, size: int, digest: str,
             finally:
                 os.close(fd)
             actual = _hash(dest)
-            if etag is not None and store.etag(name) != etag:
-                raise FastdataIntegrityError(f"{store.describe(name)} changed during the download")
             if actual != digest:
                 raise FastdataIntegrityError(
                     f"{store.describe(name)}: xxh3_128 is {actual}, the manifest says {digest} "
@@ -171,6 +195,8 @@ def download(store: Store, name: str, dest: str, size: int, digest: str,
         backoff = min(policy.max_backoff, policy.base_backoff * 2 ** (attempt - 1))
         delay = backoff * (0.5 + random.random() / 2)
         delay = max(delay, min(_retry_after(last) or 0.0, 30.0))
+        if isinstance(last, ObjectChangedError):
+            delay = 0.0  # nothing to wait for: start again from byte 0 on the new version
         log.warning("fetching %s failed (attempt %d of %d: %s); retrying in %.1f s", store.describe(name),
                     attempt, policy.attempts, _describe(last), delay)
         if on_retry is not None:

@@ -10,6 +10,7 @@ messages have their query strings (SAS tokens) removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -18,9 +19,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from fastdata.atomic import atomic_output, write_bytes_atomic
-from fastdata.errors import FastdataConfigError, FastdataError, FastdataIOError
+from fastdata.errors import FastdataConfigError, FastdataError, FastdataIntegrityError, FastdataIOError
 
 _LOCAL_SCHEMES = ("", "file", "local")
+
+
+class ObjectChangedError(FastdataIntegrityError):
+    """The object is no longer the version a download started on (HTTP 412 to If-Match)."""
 
 
 def redact(url: str) -> str:
@@ -80,7 +85,7 @@ class Store:
         self.url = url.rstrip("/") or url
         self.display = redact(self.url)
         self.local = is_local(url)
-        self.allow_insecure = False
+        self.allow_insecure = self.conditional_reads = False
         if self.local:
             self._root = url[len("file://"):] if url.startswith("file://") else url
             self._fs_made = (None, os.getpid(), url, {})
@@ -90,7 +95,16 @@ class Store:
             options = dict(storage_options or {})
             self.allow_insecure = bool(options.pop("allow_insecure", False)) or (
                 os.environ.get("FASTDATA_ALLOW_INSECURE") == "1")
-            options = _with_defaults(urlsplit(url).scheme, options)
+            scheme = urlsplit(url).scheme.lower()
+            endpoint = insecure_endpoint(scheme, self.url, options, os.environ)
+            if endpoint is not None and not self.allow_insecure:
+                raise FastdataConfigError(
+                    f"{self.display} would be read from {redact(endpoint)} over plain HTTP, unencrypted "
+                    "(data and credentials readable on the wire); use an https endpoint, or pass "
+                    "storage_options={'allow_insecure': True} (or FASTDATA_ALLOW_INSECURE=1) only for a "
+                    "local emulator such as Azurite")
+            self.conditional_reads = scheme in ("http", "https")
+            options = _with_defaults(scheme, options)
             try:
                 fs, self._root = fsspec.core.url_to_fs(url, **options)
             except (ImportError, ValueError) as e:
@@ -155,6 +169,8 @@ class Store:
             try:
                 if self.local:
                     return os.stat(self.path(name)).st_size
+                if self.conditional_reads:
+                    return int(self._http("HEAD", name, {"Accept-Encoding": "identity"})[1]["Content-Length"])
                 return int(self._fs.info(self.path(name))["size"])
             except FileNotFoundError:
                 return None
@@ -173,12 +189,67 @@ class Store:
             with open(self.path(name), "rb") as f:
                 f.seek(start)
                 return f.read(end - start)
+        if self.conditional_reads:
+            return self.read_range_tagged(name, start, end)[0]
         return bytes(self._fs.cat_file(self.path(name), start=start, end=end))
+
+    def read_range_tagged(self, name: str, start: int, end: int,
+                          if_match: str | None = None) -> tuple[bytes, str | None]:
+        """HTTP(S) only (``conditional_reads``): bytes ``[start, end)`` of ``name`` and the ETag
+        of the version they came from, in one GET.
+
+        Raises:
+            ObjectChangedError: ``if_match`` is not the object's ETag any more (412).
+            FastdataIntegrityError: the server answered with another range than the one asked.
+        """
+        if not self.conditional_reads:
+            raise FastdataConfigError(f"{self.display}: conditional ranged reads need an http(s) store")
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if if_match is not None:
+            headers["If-Match"] = if_match
+        status, got, body = self._http("GET", name, headers)
+        if status == 200:  # the server ignored Range and sent the whole object
+            return body[start:end], got.get("ETag")
+        sent = got.get("Content-Range", "")
+        if not sent.startswith(f"bytes {start}-{end - 1}/"):
+            raise FastdataIntegrityError(
+                f"{self.describe(name)}: asked for bytes {start}-{end - 1}, the server sent "
+                f"Content-Range {sent!r} ({len(body)} bytes)")
+        return body, got.get("ETag")
+
+    def _http(self, method: str, name: str,
+              headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+        """One request through the fsspec HTTP filesystem's session: status, headers, body.
+
+        fsspec's own ``cat_file`` hides the status and headers that ranged reads must check
+        (206, Content-Range, ETag), and its ``info`` turns a 503 into FileNotFoundError.
+        """
+        import fsspec.asyn
+
+        fs, url = self._fs, self.path(name)
+
+        async def request() -> tuple[int, Mapping[str, str], bytes]:
+            session = await fs.set_session()
+            options = dict(fs.kwargs)
+            options["headers"] = {**options.get("headers", {}), **headers}
+            async with session.request(method, fs.encode_url(url), **options) as r:
+                if r.status == 404:
+                    raise FileNotFoundError(errno.ENOENT, "no such object", self.describe(name))
+                if r.status == 412:
+                    raise ObjectChangedError(
+                        f"{self.describe(name)} changed during the download (412 to If-Match "
+                        f"{headers.get('If-Match')}; now {r.headers.get('ETag')})")
+                r.raise_for_status()
+                return r.status, r.headers.copy(), await r.read()
+
+        return fsspec.asyn.sync(fs.loop, request)
 
     def etag(self, name: str) -> str | None:
         """The object's ETag (None for local files or backends without one)."""
         if self.local:
             return None
+        if self.conditional_reads:
+            return self._http("HEAD", name, {"Accept-Encoding": "identity"})[1].get("ETag")
         info = self._fs.info(self.path(name))
         value = info.get("etag") or info.get("ETag")
         return str(value) if value is not None else None
@@ -232,17 +303,68 @@ class Store:
                 pass
 
 
-#: Per-request timeouts for Azure (adlfs) when the caller sets none, in seconds.
+#: Per-request timeouts (Azure and HTTP(S)) when the caller sets none, in seconds.
 AZURE_TIMEOUTS = {"connection_timeout": 10, "read_timeout": 30}
+_AZURE = ("az", "abfs", "abfss")
 
 
 def _with_defaults(scheme: str, options: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(options)
-    if scheme in ("az", "abfs", "abfss"):
+    if scheme in _AZURE:
         for key, value in AZURE_TIMEOUTS.items():
             out.setdefault(key, value)
         out.setdefault("skip_instance_cache", True)
+    elif scheme in ("http", "https"):
+        # aiohttp's default is one 5-minute total: no connect timeout of its own, so an
+        # unreachable host or a dead DNS server holds a download for minutes.
+        import aiohttp
+
+        connect = out.pop("connection_timeout", AZURE_TIMEOUTS["connection_timeout"])
+        read = out.pop("read_timeout", AZURE_TIMEOUTS["read_timeout"])
+        client = dict(out.get("client_kwargs") or {})
+        client.setdefault("timeout", aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read))
+        out["client_kwargs"] = client
     return out
+
+
+def insecure_endpoint(scheme: str, url: str, options: Mapping[str, Any],
+                      env: Mapping[str, str]) -> str | None:
+    """The plain-``http://`` endpoint a store at ``url`` would talk to, or None.
+
+    Looks where fsspec's backends take their endpoint from: the URL itself, an Azure
+    connection string (``storage_options`` or ``AZURE_STORAGE_CONNECTION_STRING``),
+    ``account_url`` / ``account_host``, and ``endpoint_url`` (also in ``client_kwargs``, and
+    the AWS_ENDPOINT_URL variables for s3).
+    """
+    if scheme == "http":
+        return url
+    client = options.get("client_kwargs") or {}
+    candidates: list[Any] = [options.get("endpoint_url"), client.get("endpoint_url")]
+    if scheme in _AZURE:
+        conn = options.get("connection_string") or env.get("AZURE_STORAGE_CONNECTION_STRING")
+        candidates += [_connection_endpoint(conn) if conn else None, options.get("account_url"),
+                       options.get("account_host")]
+    if scheme in ("s3", "s3a"):
+        candidates += [env.get("AWS_ENDPOINT_URL_S3"), env.get("AWS_ENDPOINT_URL")]
+    for value in candidates:
+        if isinstance(value, str) and value.strip().lower().startswith("http://"):
+            return value.strip()
+    return None
+
+
+def _connection_endpoint(conn: str) -> str | None:
+    """The plain-HTTP endpoint an Azure connection string names, if any."""
+    fields = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in conn.split(";"))}
+    if fields.get("usedevelopmentstorage", "").lower() == "true":
+        return "http://127.0.0.1:10000/devstoreaccount1"
+    endpoints = [v for k, v in fields.items() if k.endswith("endpoint")]
+    plain = [v for v in endpoints if v.lower().startswith("http://")]
+    if plain:
+        return plain[0]
+    if not endpoints and fields.get("defaultendpointsprotocol", "").lower() == "http":
+        suffix = fields.get("endpointsuffix", "core.windows.net")
+        return f"http://{fields.get('accountname', '<account>')}.blob.{suffix}"
+    return None
 
 
 def _own_the_retries(fs: Any) -> None:
