@@ -132,6 +132,7 @@ class Dataset:
         self._doc_starts = np.concatenate([[0], np.cumsum(docs)])
         self._token_starts = np.concatenate([[0], np.cumsum(toks)])
         self._views: OrderedDict[int, tuple[ShardView, Release]] = OrderedDict()
+        self._opening = 0  # shards being opened by other threads, counted against max_open_shards
         self._lock = threading.Lock()
         self.files = ShardFiles(store, manifest, cache_dir, cache_limit)
 
@@ -169,8 +170,40 @@ class Dataset:
             if entry is not None:
                 self._views.move_to_end(index)
                 return entry[0]
-        info = self.shards[index]
+            # Room first, then map (and pin): never more than max_open_shards mappings and
+            # pins, not even for a moment (ACCEPTANCE F3; the node cache's minimum counts on it).
+            dropped = self._evict(self.max_open_shards - 1 - self._opening)
+            self._opening += 1
+        _drop(dropped)
         started = time.perf_counter()
+        try:
+            view, release = self._open(index)
+        except BaseException:
+            with self._lock:
+                self._opening -= 1
+            raise
+        with self._lock:
+            self._opening -= 1
+            if index in self._views:  # another thread opened it meanwhile
+                dropped.append((view, release))
+                view = self._views[index][0]
+            else:
+                self._views[index] = (view, release)
+            self._views.move_to_end(index)
+            dropped += self._evict(self.max_open_shards)
+        _drop(dropped)
+        metrics.observe("reader.open", time.perf_counter() - started)
+        return view
+
+    def _evict(self, keep: int) -> list[tuple[ShardView, Release]]:
+        """Take the least recently used entries beyond ``keep`` out (call with the lock held)."""
+        out = []
+        while self._views and len(self._views) > max(keep, 0):
+            out.append(self._views.popitem(last=False)[1])
+        return out
+
+    def _open(self, index: int) -> tuple[ShardView, Release]:
+        info = self.shards[index]
         path, release = self.files.acquire(index)
         try:
             view = open_shard(path)
@@ -182,25 +215,13 @@ class Dataset:
         except BaseException:
             release()
             raise
-        dropped = []
-        with self._lock:
-            if index in self._views:  # another thread opened it meanwhile
-                dropped.append((view, release))
-                view = self._views[index][0]
-            else:
-                self._views[index] = (view, release)
-            self._views.move_to_end(index)
-            while len(self._views) > self.max_open_shards:
-                dropped.append(self._views.popitem(last=False)[1])
-        for _, unpin in dropped:  # the mapping lives on in any array still using it
-            unpin()
-        metrics.observe("reader.open", time.perf_counter() - started)
-        return view
+        return view, release
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without open mappings or locks (DataLoader workers reopen lazily)."""
         state = self.__dict__.copy()
         state["_views"] = OrderedDict()  # each process pins and maps for itself
+        state["_opening"] = 0
         del state["_lock"]
         return state
 
@@ -293,6 +314,13 @@ def open_dataset(url: str, *, storage_options: Mapping[str, Any] | None = None,
     store = Store(url, storage_options)
     limit = None if cache_limit is None else parse_size(cache_limit)
     return Dataset(store, load_manifest(store, cache_dir or default_cache_dir()), cache_dir, limit)
+
+
+def _drop(entries: list[tuple[ShardView, Release]]) -> None:
+    """Unpin evicted shards and let go of their views (the mapping lives on in any array
+    still using it)."""
+    while entries:
+        entries.pop()[1]()
 
 
 @dataclass(frozen=True)
