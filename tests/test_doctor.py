@@ -100,7 +100,7 @@ def expected_minimum(url: str, ranks: int) -> int:
 
 
 def test_local_dataset_is_fit_and_leaves_nothing_behind(local_ds, tmp_path):
-    cache = tmp_path / "cache"  # does not exist: checked, created for the measurement, removed
+    cache = tmp_path / "new" / "cache"  # does not exist: checked, created for the measurement, removed
     rc, checks, out, _ = doctor("--cache-dir", cache, "--cache-limit", "1GB", "--url", local_ds["url"],
                                 fresh=True)
     assert rc == 0, out
@@ -110,8 +110,10 @@ def test_local_dataset_is_fit_and_leaves_nothing_behind(local_ds, tmp_path):
     with fastdata.open_dataset(local_ds["url"]) as ds:
         assert checks["dataset"][1].startswith(f"{len(ds.shards)} shards, ")
     assert "16.0 MiB written with fsync" in checks["cache-write"][1]  # --quick's bounded test file
-    assert not cache.exists()
-    cache.mkdir(mode=0o700)
+    assert checks["cache-dir"][1].startswith(f"{cache} does not exist; it will be created (mode 0700) under "
+                                             f"{tmp_path};")
+    assert list(tmp_path.iterdir()) == []
+    cache.mkdir(mode=0o700, parents=True)
     rc, _, out, _ = doctor("--cache-dir", cache, "--url", local_ds["url"], "--json")
     report = json.loads(out)
     assert rc == 0 and report["fit"] is True and report["unfit"] == []

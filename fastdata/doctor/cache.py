@@ -128,21 +128,27 @@ def _cache_space(options: DoctorOptions, manifest: Manifest | None) -> Check:
 
 @contextlib.contextmanager
 def _scratch_file(root: str) -> Iterator[tuple[int, str]]:
-    """A new private temp file in ``root`` (and ``root`` itself if missing), removed afterwards."""
-    created = not os.path.isdir(root)
-    if created:
-        os.makedirs(root, mode=0o700)
-    path = os.path.join(root, f".fastdata-doctor-{secrets.token_hex(6)}.tmp")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    """A new private temp file in ``root``, removed afterwards with the directories made for it."""
+    missing, parent = [], root
+    while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    created: list[str] = []
+    path, fd = os.path.join(root, f".fastdata-doctor-{secrets.token_hex(6)}.tmp"), -1
     try:
+        for directory in reversed(missing):
+            os.mkdir(directory, 0o700)
+            created.append(directory)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         yield fd, path
     finally:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        if created:
+        if fd >= 0:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        for directory in reversed(created):  # innermost first; only what is still empty
             with contextlib.suppress(OSError):
-                os.rmdir(root)
+                os.rmdir(directory)
 
 
 def _disk_throughput(options: DoctorOptions, free: int) -> list[Check]:
