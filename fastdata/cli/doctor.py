@@ -21,15 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(reachable, credentials accepted, a dataset; latency and bandwidth) and the CPU and "
                     "torch thread settings. Exit 0 when the node is fit (warnings allowed), 1 naming the "
                     "failed checks. Credentials are never printed.")
-    p.add_argument("--cache-dir", default=None,
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="the node cache directory the job will use (default: the library's default, "
                         f"{default_cache_dir()})")
-    p.add_argument("--cache-limit", default=None, help="the job's cache_limit, e.g. 400GB")
+    p.add_argument("--cache-limit", default=None, metavar="SIZE", help="the job's cache_limit, e.g. 400GB")
     p.add_argument("--url", default=None, help="the dataset directory or URL the job will read")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="fsspec option for --url (repeatable; credentials also come from the environment, "
                         "e.g. AZURE_STORAGE_CONNECTION_STRING)")
-    p.add_argument("--ranks-per-node", type=int, default=None,
+    p.add_argument("--ranks-per-node", type=int, default=None, metavar="N",
                    help="ranks the job starts on this node (default: from FASTDATA_RANKS_PER_NODE / "
                         "LOCAL_WORLD_SIZE, else 1)")
     p.add_argument("--quick", action="store_true",
