@@ -221,8 +221,9 @@ def even_server(tmp_path):
 @pytest.mark.parametrize("backend", [
     pytest.param("processes", marks=pytest.mark.xfail(
         strict=True, raises=fastdata.FastdataDownloadError,
-        reason="every shard comes once, except the first of partition 2, fetched at the start and "
-               "again at the very end of the epoch (its head ends partition 1?): a 404 here")),
+        reason="shards 24, 48 and 72 each end one partition and start the next, so they are used in "
+               "the first and the last steps of the epoch; the minimum cache evicts them in between "
+               "and fetches them again at the end (a 404 here)")),
     pytest.param("threads", marks=pytest.mark.xfail(
         strict=True, raises=fastdata.FastdataDownloadError,
         reason="a chunk of steps needs more shards (two per partition where it crosses shard ends) "
