@@ -181,6 +181,9 @@ def _check_ids(tokens: np.ndarray, lengths: np.ndarray, first_seq: int, dtype: s
         return
     bad = int(np.flatnonzero((tokens < 0) | (tokens > _LIMITS[dtype]))[0])
     seq = first_seq + int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
-    hint = "fastdata token ids are unsigned" if int(tokens[bad]) < 0 else "use --dtype uint32"
+    if int(tokens[bad]) < 0:
+        hint = "fastdata token ids are unsigned"
+    else:
+        hint = "use --dtype uint32" if dtype == "uint16" else "fastdata token ids are below 2**32"
     raise FastdataInputError(f"{where}: sequence {seq} holds token id {int(tokens[bad])}, which does not fit "
                              f"{dtype} ({hint})")

@@ -11,14 +11,16 @@ Megatron datasets carry no checksums: a cached range is checked by its size only
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from fastdata import metrics
 from fastdata.atomic import sweep_stale_temps, temp_name
 from fastdata.errors import FastdataIntegrityError
-from fastdata.shard_files import default_cache_dir, node_cache
+from fastdata.shard_files import _count_use, default_cache_dir, node_cache
 from fastdata.storage.download import RetryPolicy, retrying
 from fastdata.storage.remote import Store
 
@@ -83,22 +85,34 @@ class MegatronFiles:
         """Where shard ``index``'s tokens start in the file :meth:`acquire` gives."""
         return int(self.byte_ranges[index][0]) if self.in_place else 0
 
-    def acquire(self, index: int, next_use: float = float("inf")) -> tuple[str, Release]:
-        """Path of the file holding shard ``index``, and the callable that unpins it."""
+    def acquire(self, index: int, next_use: float = float("inf"), *, ahead: bool = False
+                ) -> tuple[str, Release]:
+        """Path of the file holding shard ``index``, and the callable that unpins it.
+
+        ``ahead`` marks a prefetch (counted as ``prefetch.*``, not as a cache hit or miss).
+        """
         if self.in_place:
             return self.store.path(self.bin_name), _nothing
         name = self.names[index]
         if self._cache is None:
-            return self._plain(index, name), _nothing
-        handle = self._cache.acquire(self.namespace, name, self.size(index),
-                                     lambda dest: self.fill(index, dest), next_use=next_use)
+            path, filled = self._plain(index, name)
+            _count_use(filled, ahead)
+            return path, _nothing
+        fetched: list[bool] = []
+
+        def fill(dest: str) -> None:
+            self.fill(index, dest)
+            fetched.append(True)
+
+        handle = self._cache.acquire(self.namespace, name, self.size(index), fill, next_use=next_use)
+        _count_use(bool(fetched), ahead)
         return handle.path, handle.release
 
-    def _plain(self, index: int, name: str) -> str:
+    def _plain(self, index: int, name: str) -> tuple[str, bool]:
         final = os.path.join(self._dir, name)
         try:
             if os.stat(final).st_size == self.size(index):
-                return final
+                return final, False
         except FileNotFoundError:
             pass
         tmp = os.path.join(self._dir, temp_name(name))
@@ -110,11 +124,22 @@ class MegatronFiles:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        return final
+        return final, True
 
     def fill(self, index: int, dest: str) -> None:
-        """Write shard ``index``'s bytes of the ``.bin`` to ``dest``: parallel ranged reads,
-        each retried under the policy, each checked for its length."""
+        """Write shard ``index``'s bytes of the ``.bin`` to ``dest`` (counted as ``fetch.*``)."""
+        started = time.perf_counter()
+        try:
+            self._fill(index, dest)
+        except BaseException:
+            metrics.count("fetch.failures")
+            raise
+        metrics.observe("fetch.latency", time.perf_counter() - started)
+        metrics.count("fetch.shards")
+        metrics.count("fetch.bytes", 0 if self.store.local else self.size(index))
+
+    def _fill(self, index: int, dest: str) -> None:
+        """Parallel ranged reads, each retried under the policy and checked for its length."""
         start, end = (int(x) for x in self.byte_ranges[index])
         step = self.policy.range_bytes
         pieces = [(s, min(s + step, end)) for s in range(start, end, step)]

@@ -35,6 +35,7 @@ from fastdata.units import parse_size
 #: Bytes of the ``.bin`` per virtual shard (and per shard of ``fastdata import megatron``).
 SHARD_BYTES = 64 << 20
 SUFFIXES = (".idx", ".bin")
+_WIDER = {"uint8": np.dtype(np.uint16), "int8": np.dtype(np.int32), "int16": np.dtype(np.int32)}
 
 
 def megatron_prefix(url: str) -> tuple[str, str] | None:
@@ -83,7 +84,10 @@ class MegatronDataset(Dataset):
 
     @property
     def dtype(self) -> np.dtype:
-        return self.index.dtype
+        """The dtype :meth:`tokens` returns: the ``.bin``'s, widened where the gather has no
+        output of that type (uint8 to uint16; int8 and int16 to int32). :meth:`doc` returns
+        the ``.bin``'s own dtype, as Megatron's reader does."""
+        return _WIDER.get(self.index.dtype.name, self.index.dtype)
 
     def shard(self, index: int) -> ShardView:
         """The mapped raw-token view of virtual shard ``index``; safe to call from threads."""
