@@ -145,6 +145,14 @@ def test_d6_unresolvable_host_fails_within_the_connect_budget():
     assert "after 2 attempts" in str(err.value)
 
 
+def test_d6_missing_shard_fails_at_once(server, tmp_path):
+    started = time.monotonic()
+    with pytest.raises(fastdata.FastdataDownloadError, match=r"/ds/gone.fds \(not retried\)"):
+        fetch(server, tmp_path, "gone.fds", b"x" * 100, RetryPolicy(attempts=5, base_backoff=1))
+    assert time.monotonic() - started < 2
+    assert [r.status for r in server.requests(path="/ds/gone.fds")] == [404]
+
+
 def test_d6_connect_timeout_applies_to_http():
     """A host that never completes the TCP handshake: the listen backlog is full, SYNs are dropped."""
     listener = socket.socket()
@@ -288,6 +296,8 @@ def test_g6_plain_http_needs_an_explicit_opt_in(server, monkeypatch):
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", conn.replace("http://", "https://").replace(
         "=http;", "=https;"))
     assert not Store("az://c/ds").allow_insecure  # https: no opt-in needed
+    tls = Store("https://data.example.invalid/ds")
+    assert set(tls._fs.client_kwargs) == {"timeout"}  # fastdata adds timeouts, never ssl=False
 
 
 @pytest.mark.parametrize("name", ["https://evil.example/x", "file:///etc/shadow", "az://other-container/x"])
