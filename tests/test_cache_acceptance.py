@@ -32,7 +32,7 @@ import fastdata
 from fastdata.format.manifest import Manifest, ShardInfo
 from fastdata.format.spec import DTYPE_CODES
 from fastdata.pack.tokenizers import BytesTokenizer
-from fastdata.storage.manifest_copies import COPIES_DIR
+from fastdata.storage.manifest_copies import COPIES_DIR, ManifestCopies
 
 pytestmark = pytest.mark.timeout(60)
 HERE = Path(__file__).resolve()
@@ -234,6 +234,20 @@ def test_manifest_is_fetched_once_per_node_and_again_when_it_changes(azurite, co
     assert kept.read_bytes().partition(b"\n")[2] == body  # healed
 
 
+def test_a_manifest_copy_is_used_only_under_its_etag_and_in_a_private_directory(tmp_path, caplog):
+    copies = ManifestCopies.at(str(tmp_path / "cache"), "az://c/ds")
+    assert copies.load('"0x1"') is None
+    copies.save('"0x1"', b'{"a": 1}\n')
+    assert copies.load('"0x1"') == b'{"a": 1}\n' and copies.load('"0x2"') is None
+    assert ManifestCopies.at(str(tmp_path / "cache"), "az://c/other").load('"0x1"') is None  # per URL
+    shared = tmp_path / "shared"
+    (shared / COPIES_DIR).mkdir(parents=True)
+    (shared / COPIES_DIR).chmod(0o777)  # others could plant a copy: not used at all
+    with caplog.at_level(logging.WARNING, logger="fastdata"):
+        assert ManifestCopies.at(str(shared), "az://c/ds") is None
+    assert "not keeping manifest copies" in caplog.text
+
+
 def test_local_datasets_keep_no_manifest_copy(tmp_path):
     local = build(tmp_path / "ds", shards=2, seed=3)
     ds = fastdata.open_dataset(local, cache_dir=str(tmp_path / "cache"))
@@ -255,6 +269,7 @@ def test_c8_local_only_data_is_never_evicted_or_modified(azurite, container, tmp
     largest = max(os.path.getsize(os.path.join(d, n)) for d in (local, remote_src)
                   for n in os.listdir(d) if n.endswith(".fds"))
     limit = largest * 5  # 1 rank x 4 open shards + 1 in flight: the minimum
+    assert limit < sum(os.path.getsize(os.path.join(remote_src, n)) for n in os.listdir(remote_src)) / 3
     cache = tmp_path / "cache"
     sources = [fastdata.Source(local), fastdata.Source(f"az://{container}/r")]
     ds = fastdata.TokenDataset(sources, seq_len=SEQ_LEN, seed=4, storage_options=az(azurite),
@@ -266,12 +281,11 @@ def test_c8_local_only_data_is_never_evicted_or_modified(azurite, container, tmp
     assert got == ids_of(fastdata.DataLoader(reference, batch_size=4, num_workers=0))
     assert sum(1 for i in got if i >= reference.spaces[0].num_samples) > 0  # both sources were read
     assert sha256_tree(local) == before
+    assert list(cache_files(str(cache))) == [ds.datasets[1].manifest.fingerprint]  # the remote's only
     local_hashes = {h for h, _, _ in before.values()}
-    cached = cache_files(str(cache))
-    assert list(cached) == [ds.datasets[1].manifest.fingerprint]  # only the remote's namespace
-    for ns, names in cached.items():
-        assert not {xxh(str(cache / ns / n)) for n in names} & {xxh(os.path.join(local, n)) for n in before}
-        assert not {hashlib.sha256((cache / ns / n).read_bytes()).hexdigest() for n in names} & local_hashes
+    everything = [os.path.join(d, n) for d, _, names in os.walk(cache) for n in names]
+    assert any(p.endswith(".fds") for p in everything)
+    assert not {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in everything} & local_hashes
 
 
 # ---------------------------------------------------------------------------- C9

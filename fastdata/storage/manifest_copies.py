@@ -113,7 +113,12 @@ class ManifestCopies:
     @contextlib.contextmanager
     def locked(self, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
         """Hold the node-wide lock of this directory (or go on without it after ``wait_s``)."""
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:  # e.g. the cache was wiped meanwhile: go on without the lock
+            log.debug("no lock on %s (%s); fetching the manifest without it", self.dir, e)
+            yield
+            return
         try:
             _flock(fd, self.dir, wait_s)
             yield
