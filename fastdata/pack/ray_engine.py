@@ -360,8 +360,9 @@ def _run_all(ray: Any, fn: Any, calls: Iterable[tuple[Any, ...]], what: Callable
         try:
             on_result(ray.get(ref))
         except Exception as e:  # noqa: BLE001 - every task failure is reported, typed, below
-            failure = failure or _failure(ray, e, what(i))
-            log.error("%s failed: %s", what(i), e)
+            error = _failure(ray, e, what(i))
+            log.error("%s", error)
+            failure = failure or error
         if failure is None:
             submit()
     if failure is not None:
