@@ -30,6 +30,7 @@ from fastdata.errors import (
     FastdataInputError,
     FastdataIntegrityError,
 )
+from fastdata.format.reader import gather, open_token_range
 from fastdata.megatron import megatron_prefix, open_megatron, plan_shards
 from fastdata.megatron.index import HEADER_SIZE
 
@@ -412,3 +413,71 @@ def test_remote_truncated_bin_is_a_clear_error(corpus, azure_pair, tmp_path):
     with pytest.raises(FastdataIntegrityError, match=r"i32\.bin: bytes \d+-\d+ came back as \d+ bytes"):
         opened.shard(len(opened.shards) - 1)
     opened.close()
+
+
+# ------------------------------------------------------------------ native raw token views
+
+
+@pytest.fixture
+def raw_file(tmp_path):
+    tokens = np.arange(5000, dtype=np.int32) * 3 - 7
+    path = tmp_path / "raw.bin"
+    tokens.tofile(path)
+    return str(path), tokens
+
+
+def test_raw_view_maps_an_unaligned_range(raw_file):
+    path, tokens = raw_file
+    view = open_token_range(path, 4 * 1025, "int32", [0, 10, 10, 700])  # starts mid-page
+    assert (view.num_docs, view.num_tokens, view.dtype, view.has_loss_mask) == (3, 700, "int32", False)
+    first = view.doc(0)
+    np.testing.assert_array_equal(first, tokens[1025:1035])
+    assert view.doc(1).size == 0
+    view.close()  # arrays keep their own reference to the mapping
+    np.testing.assert_array_equal(first, tokens[1025:1035])
+    view = open_token_range(path, 4 * 1025, "int32", [0, 10, 10, 700])
+    out = np.empty(700, np.int64)
+    gather([view], np.array([[0, 0, 700]]), out)
+    np.testing.assert_array_equal(out, tokens[1025:1725])
+    with pytest.raises(ValueError, match="int32 tokens, which do not fit a uint16 output"):
+        gather([view], np.array([[0, 0, 5]]), np.empty(5, np.uint16))
+
+
+def test_raw_view_refuses_bad_ranges_and_offsets(raw_file):
+    path, _ = raw_file
+    cases = [
+        (2, "int32", [0, 4], "tokens", "not a multiple of the 4-byte int32"),
+        (4 * 4990, "int32", [0, 11], "tokens", r"need bytes \[19960, 20004\) but the file is 20000 bytes"),
+        (0, "int32", [1, 4], "doc_offsets[0]", "must be 0"),
+        (0, "int32", [0, 4, 3], "doc_offsets[2]", "smaller than the previous one"),
+    ]
+    for offset, dtype, doc_offsets, field, text in cases:
+        with pytest.raises(FastdataFormatError, match=text) as e:
+            open_token_range(path, offset, dtype, doc_offsets)
+        assert e.value.field == field and str(e.value).startswith(f"{path}: field '{field}'")
+    with pytest.raises(ValueError, match="unsupported token dtype 'float32'"):
+        open_token_range(path, 0, "float32", [0, 1])
+    empty = open_token_range(path, 20000, "int64", [0, 0])  # an empty range at the very end
+    assert empty.num_tokens == 0 and empty.doc(0).size == 0
+
+
+def test_uint8_tokens_widen_into_uint16_output(tmp_path):
+    path = tmp_path / "u8.bin"
+    np.arange(256, dtype=np.uint8).tofile(path)
+    view = open_token_range(str(path), 3, "uint8", [0, 200])
+    out = np.empty(200, np.uint16)
+    gather([view], np.array([[0, 0, 200]]), out)
+    np.testing.assert_array_equal(out, np.arange(3, 203))
+
+
+def test_blend_of_megatron_and_fastdata_sources(corpus, imported, monkeypatch):
+    monkeypatch.setattr(megatron_source, "SHARD_BYTES", SHARD)
+    sources = [fastdata.Source(corpus["prefix"]["u16"] + ".idx", 1.0), fastdata.Source(imported["i32"], 1.0)]
+    blend = fastdata.TokenDataset(sources, seq_len=16, seed=2, batch_size=4)
+    parts = [fastdata.TokenDataset(s.url, seq_len=16, seed=2, batch_size=4) for s in sources]
+    offsets = np.cumsum([0] + [p.space.num_samples for p in parts])
+    for batch in list(blend)[:20]:
+        for row, sample in enumerate(batch["sample_ids"].tolist()):
+            source = int(np.searchsorted(offsets, sample, side="right")) - 1
+            expected = parts[source].assembler()(np.array([sample - offsets[source]]))
+            assert batch["input_ids"][row].tolist() == expected["input_ids"][0].tolist()
