@@ -25,7 +25,7 @@ from fastdata.errors import FastdataConfigError, FastdataFormatError
 from fastdata.format.manifest import Manifest, TokenizerInfo
 from fastdata.format.reader import ShardView, open_token_range
 from fastdata.format.shard_table import RECORD, ShardTable
-from fastdata.megatron.files import MegatronFiles
+from fastdata.megatron.files import MegatronFiles, Release
 from fastdata.megatron.index import MegatronIndex, parse_index, plan_shards
 from fastdata.shard_files import default_cache_dir
 from fastdata.storage.download import retrying
@@ -89,13 +89,8 @@ class MegatronDataset(Dataset):
         the ``.bin``'s own dtype, as Megatron's reader does."""
         return _WIDER.get(self.index.dtype.name, self.index.dtype)
 
-    def shard(self, index: int) -> ShardView:
-        """The mapped raw-token view of virtual shard ``index``; safe to call from threads."""
-        with self._lock:
-            entry = self._views.get(index)
-            if entry is not None:
-                self._views.move_to_end(index)
-                return entry[0]
+    def _open(self, index: int) -> tuple[ShardView, Release]:
+        """Map virtual shard ``index``: a raw-token view of its ``.bin`` range (pinned while open)."""
         lo, hi = (int(b) for b in self.bounds[index : index + 2])
         offsets = np.zeros(hi - lo + 1, dtype=np.uint64)
         np.cumsum(self.index.lengths[lo:hi], out=offsets[1:])
@@ -105,19 +100,7 @@ class MegatronDataset(Dataset):
         except BaseException:
             release()
             raise
-        dropped = []
-        with self._lock:
-            if index in self._views:  # another thread opened it meanwhile
-                dropped.append((view, release))
-                view = self._views[index][0]
-            else:
-                self._views[index] = (view, release)
-            self._views.move_to_end(index)
-            while len(self._views) > self.max_open_shards:
-                dropped.append(self._views.popitem(last=False)[1])
-        for _, unpin in dropped:
-            unpin()
-        return view
+        return view, release
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the index arrays: a worker maps the local ``.idx`` (or its copy) again."""
