@@ -164,8 +164,8 @@ def read_index(store: Store, stem: str, cache_dir: str | None = None) -> tuple[M
     if store.local:
         path = store.path(idx_name)
     else:
-        key = xxhash.xxh3_128_hexdigest(
-            f"{store.describe(idx_name)}|{sizes[idx_name]}|{store.etag(idx_name)}".encode())
+        etag = retrying(store.describe(idx_name), lambda: (store.etag(idx_name) or "").encode())
+        key = xxhash.xxh3_128_hexdigest(f"{store.describe(idx_name)}|{sizes[idx_name]}|".encode() + etag)
         path = os.path.join(cache_dir or default_cache_dir(), "megatron-index", f"{key}.idx")
         if not (os.path.isfile(path) and os.path.getsize(path) == sizes[idx_name]):
             data = retrying(store.describe(idx_name), lambda: store.read_bytes(idx_name))
