@@ -481,3 +481,37 @@ def test_blend_of_megatron_and_fastdata_sources(corpus, imported, monkeypatch):
             source = int(np.searchsorted(offsets, sample, side="right")) - 1
             expected = parts[source].assembler()(np.array([sample - offsets[source]]))
             assert batch["input_ids"][row].tolist() == expected["input_ids"][0].tolist()
+
+
+def test_azurite_resets_and_warm_cache(corpus, azure_pair, azurite, tmp_path, monkeypatch):
+    """Connection resets do not change the stream; the .idx is fetched once, and a warm node
+    cache reads no .bin bytes at all; every .bin GET is a ranged read."""
+    from _faultproxy import FaultProxy
+    from conftest import connection_string
+
+    monkeypatch.setattr(megatron_source, "SHARD_BYTES", SHARD)
+    local = fastdata.TokenDataset(corpus["prefix"]["i32"] + ".idx", seq_len=24, seed=5, batch_size=4)
+    want = [b["input_ids"].tolist() for b in local]
+    proxy = FaultProxy(azurite["port"]).start()
+    try:
+        opts = {"connection_string": connection_string(proxy.port), "allow_insecure": True}
+        cache = tmp_path / "cache"
+        limit = os.path.getsize(corpus["prefix"]["i32"] + ".bin") * 2  # all of it fits: warm second run
+
+        def run() -> list:
+            ds = fastdata.TokenDataset(azure_pair["url"], seq_len=24, seed=5, cache_dir=str(cache),
+                                       cache_limit=limit, storage_options=opts)
+            return [b["input_ids"].tolist() for b in fastdata.DataLoader(ds, batch_size=4, num_workers=2)]
+
+        proxy.faults.reset_after, proxy.faults.fault_conns = 2000, 6
+        assert run() == want
+        assert proxy.counters.faults >= 1
+        gets = [r for r in proxy.requests if r.method == "GET"]
+        assert [r for r in gets if r.path.endswith("i32.bin")] and all(
+            r.range for r in gets if r.path.endswith("i32.bin"))
+        proxy.faults.reset_after = None
+        proxy.reset_counters()
+        assert run() == want
+        assert [r for r in proxy.requests if r.method == "GET"] == []  # .idx copy and ranges are warm
+    finally:
+        proxy.stop()
