@@ -28,7 +28,8 @@ from fastdata.errors import FastdataConfigError, FastdataError, FastdataInputErr
 from fastdata.format.spec import MANIFEST_NAME
 from fastdata.pack.encode import EncodeOptions
 from fastdata.pack.pipeline import PackConfig, pack
-from fastdata.pack.ray_engine import AREA, JOB_RECORD, RayOptions, pack_on_ray, plan_shards
+from fastdata.pack.ray_engine import AREA, JOB_RECORD, RayOptions, pack_on_ray
+from fastdata.pack.shards import plan_shards
 from fastdata.pack.sources import ReadOptions, expand_inputs, plan_tasks
 from fastdata.pack.tokenizers import TokenizerSpec
 

@@ -19,7 +19,8 @@ task that finds its record (same job, file present with the recorded size; segme
 with the recorded hash) returns without redoing the work. A re-run after a killed task
 or driver thus redoes only what was not finished.
 
-Tasks are plain ``ray.remote`` functions rather than a ``ray.data`` pipeline: the work is a
+The tasks' code is in :mod:`fastdata.pack.ray_tasks`; this module is the driver. Tasks are
+plain ``ray.remote`` functions rather than a ``ray.data`` pipeline: the work is a
 fixed list of independent, idempotent tasks with a driver-side plan between two phases,
 and plain tasks give exact control over retries and over which task failed.
 """
@@ -30,22 +31,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from fastdata._testing import pause_point
 from fastdata.atomic import sweep_stale_temps
-from fastdata.errors import FastdataConfigError, FastdataError, FastdataIntegrityError, FastdataIOError
-from fastdata.format.hashing import hash_file
+from fastdata.errors import FastdataConfigError, FastdataError, FastdataIOError
 from fastdata.format.manifest import ShardInfo
-from fastdata.format.reader import open_shard
-from fastdata.format.writer import WrittenFile, write_shard
-from fastdata.pack.encode import EncodeOptions, TaskResult, encode_task
+from fastdata.pack.encode import EncodeOptions
 from fastdata.pack.pipeline import (
     JOURNAL_NAME,
     PackConfig,
@@ -56,22 +49,28 @@ from fastdata.pack.pipeline import (
     plan_pack,
     write_manifest,
 )
-from fastdata.pack.shards import ShardCutter, ShardForm, publish_shard, target_tokens
-from fastdata.pack.sources import Task
+from fastdata.pack.ray_tasks import (
+    AREA,
+    JOB_RECORD,
+    Area,
+    Encoded,
+    encode,
+    load_json,
+    record_name,
+    segment_name,
+    shard_record_name,
+    write,
+)
+from fastdata.pack.shards import ShardForm, ShardPlanner, target_tokens
 from fastdata.storage.remote import Store, redact
 
 log = logging.getLogger(__name__)
 
-AREA = ".fastdata-ray"
-JOB_RECORD = f"{AREA}/job.json"
 #: Environment every task sets before it tokenizes: one tokenizer thread per task, since
 #: Ray already runs one task per CPU (the local engine's workers do the same).
 TASK_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}
 #: The crash-test kill points (fastdata/_testing.py) reach the workers as the driver has them.
 _FORWARDED_ENV = ("FASTDATA_TEST_PAUSE", "FASTDATA_TEST_PAUSE_DIR")
-
-#: A shard's content: (input task, first document, end document) pieces, in order.
-Pieces = tuple[tuple[int, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -84,234 +83,6 @@ class RayOptions:
     def __post_init__(self) -> None:
         if self.max_retries < 0:
             raise FastdataConfigError(f"max_retries must be >= 0, got {self.max_retries}")
-
-
-@dataclass(frozen=True)
-class _Area:
-    """What a task needs to find the output and its records; travels to the workers."""
-
-    url: str
-    job: str
-    form: ShardForm
-    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    env: tuple[tuple[str, str | None], ...] = ()  #: variables to set (None: unset) in the task
-
-    def open(self) -> Store:
-        """Set the task's environment and open the output (once per worker process and job).
-
-        Ray reuses worker processes, so the environment is set per task rather than when
-        the worker starts; it is set before the first tokenizer of the process is loaded.
-        """
-        for key, value in self.env:
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        key = (self.url, self.job)
-        if key not in _STORES:
-            _STORES[key] = Store(self.url, self.storage_options)
-        return _STORES[key]
-
-
-#: The output of the current job in this worker: one Store (one fsspec client) for all its tasks.
-_STORES: dict[tuple[str, str], Store] = {}
-
-
-@dataclass
-class _Encoded:
-    """What an encode task returns to the driver: no tokens, only their shape."""
-
-    index: int
-    lengths: np.ndarray
-    input_bytes: int
-    skipped: dict[str, int]
-    first_skipped: list[str]
-    reused: bool
-
-
-def _segment(index: int) -> str:
-    return f"{AREA}/seg-{index:06d}.fds"
-
-
-def _record(name: str) -> str:
-    return name.rsplit(".fds", 1)[0] + ".json"
-
-
-def _shard_record(index: int) -> str:
-    return f"{AREA}/shard-{index:05d}.json"
-
-
-def _load_json(store: Store, name: str) -> dict[str, Any] | None:
-    if store.size(name) is None:
-        return None
-    try:
-        doc = json.loads(store.read_bytes(name))
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _fetch_segment(store: Store, index: int, expected: tuple[int, str], staging: str) -> str:
-    """A local path of segment ``index``, verified against its size and hash.
-
-    Raises:
-        FastdataIntegrityError: the segment is missing or not the one recorded; its record
-            is removed, so that a re-run encodes the task again.
-    """
-    name = _segment(index)
-    path = store.path(name)
-    if not store.local and store.size(name) is not None:
-        path = os.path.join(staging, os.path.basename(name))
-        with open(path, "wb") as f:
-            f.write(store.read_bytes(name))
-    found = (os.path.getsize(path), hash_file(path)) if os.path.exists(path) else None
-    if found != tuple(expected):
-        store.remove(_record(name))
-        raise FastdataIntegrityError(
-            f"{store.describe(name)} is missing or damaged (size and xxh3-128 {found}, recorded "
-            f"{tuple(expected)}); re-run the same command to encode its input again")
-    return path
-
-
-def _encode(area: _Area, index: int, task: Task, options: EncodeOptions) -> _Encoded:
-    """Ray task: tokenize input task ``index`` into its segment, or find it already done."""
-    store = area.open()
-    name = _segment(index)
-    with tempfile.TemporaryDirectory(prefix="fastdata-ray-") as staging:
-        done = _load_json(store, _record(name))
-        if done is not None and done.get("job") == area.job and done.get("task") == asdict(task):
-            try:
-                path = _fetch_segment(store, index, done["segment"], staging)
-                with open_shard(path) as view:
-                    lengths = np.diff(view.doc_offsets().astype(np.int64))
-                return _Encoded(index, lengths, done["input_bytes"], done["skipped"],
-                                done["first_skipped"], reused=True)
-            except (FastdataError, KeyError, TypeError, ValueError) as e:
-                log.warning("encoding task %d again: %s", index, e)
-        pause_point(f"ray_encode_{index}")
-        result = encode_task(task, options)
-        written = _publish_segment(store, name, result, staging)
-    record = {"job": area.job, "task": asdict(task), "segment": (written.size, written.xxh3_128),
-              "input_bytes": result.input_bytes, "skipped": dict(result.skipped),
-              "first_skipped": result.first_skipped}
-    store.write_bytes(_record(name), json.dumps(record).encode())
-    return _Encoded(index, result.lengths, result.input_bytes, dict(result.skipped),
-                    result.first_skipped, reused=False)
-
-
-def _publish_segment(store: Store, name: str, result: TaskResult, staging: str) -> WrittenFile:
-    dtype = "uint16" if result.tokens.dtype == np.uint16 else "uint32"
-    path = store.path(name) if store.local else os.path.join(staging, os.path.basename(name))
-    try:
-        written = write_shard(path, result.tokens, result.lengths, result.mask, dtype)
-    except OSError as e:
-        hint = " (on a Ray cluster a local output directory must be shared by every node)"
-        raise FastdataIOError(
-            f"writing {path} failed: {e.strerror or e}{hint if store.local else ''}") from None
-    if not store.local:
-        store.publish(path, name)
-        os.unlink(path)
-    return written
-
-
-def _write(area: _Area, index: int, pieces: Pieces) -> tuple[int, ShardInfo, bool]:
-    """Ray task: assemble shard ``index`` from its segment pieces and publish it.
-
-    Returns:
-        ``index``, the shard's ShardInfo, and whether an earlier run had already published it.
-    """
-    store = area.open()
-    plan = [list(p) for p in pieces]
-    done = _load_json(store, _shard_record(index))
-    if done is not None and done.get("job") == area.job and done.get("pieces") == plan:
-        info = ShardInfo(**done["info"])
-        if store.size(info.name) == info.stored_bytes:
-            return index, info, True
-    pause_point(f"ray_shard_{index}")
-    with tempfile.TemporaryDirectory(prefix="fastdata-ray-") as staging:
-        docs = _gather(store, area.job, pieces, staging)
-        info = publish_shard(store, area.form, index, docs, staging)
-    store.write_bytes(_shard_record(index),
-                      json.dumps({"job": area.job, "pieces": plan, "info": asdict(info)}).encode())
-    return index, info, False
-
-
-def _gather(store: Store, job: str, pieces: Pieces, staging: str) -> TaskResult:
-    """Concatenate the documents ``pieces`` name, from segments checked against their records."""
-    toks, lens, masks = [], [], []
-    for task, lo, hi in pieces:
-        name = _segment(task)
-        done = _load_json(store, _record(name))
-        if done is None or done.get("job") != job or "segment" not in done:
-            raise FastdataIntegrityError(f"{store.describe(_record(name))} is missing or belongs to "
-                                         "another pack; re-run the same command to encode its input again")
-        path = _fetch_segment(store, task, done["segment"], staging)
-        with open_shard(path) as view:
-            offsets = view.doc_offsets()
-            start, stop = int(offsets[lo]), int(offsets[hi])
-            toks.append(np.array(view.tokens(start, stop)))
-            lens.append(np.diff(offsets[lo:hi + 1].astype(np.int64)))
-            if view.has_loss_mask:
-                masks.append(np.array(view.loss_mask(start, stop)))
-        if not store.local:
-            os.unlink(path)
-    mask = np.concatenate(masks) if masks else None
-    return TaskResult(np.concatenate(toks), np.concatenate(lens), mask, 0)
-
-
-class ShardPlanner:
-    """Each shard's pieces of input tasks, cut exactly where the local engine cuts.
-
-    Fed each task's document lengths in task order; it keeps only the documents not yet in
-    a shard, so the driver never holds the lengths of the whole corpus.
-    """
-
-    def __init__(self, target: int) -> None:
-        self.cutter = ShardCutter(target)
-        self.queue: deque[list[int]] = deque()  # [task, first doc, end doc] not yet in a shard
-        self.shards: list[Pieces] = []
-        self.tasks = 0
-
-    def add(self, lengths: np.ndarray) -> None:
-        """The next task's document lengths."""
-        if len(lengths):
-            self.queue.append([self.tasks, 0, len(lengths)])
-        self.tasks += 1
-        for ndocs in self.cutter.add(lengths):
-            self._take(ndocs)
-
-    def finish(self) -> list[Pieces]:
-        """Close the last shard; every shard's pieces, in shard order."""
-        last = self.cutter.finish()
-        if last:
-            self._take(last)
-        return self.shards
-
-    def _take(self, ndocs: int) -> None:
-        pieces = []
-        while ndocs:
-            task, lo, hi = self.queue[0]
-            k = min(ndocs, hi - lo)
-            pieces.append((task, lo, lo + k))
-            if k == hi - lo:
-                self.queue.popleft()
-            else:
-                self.queue[0][1] = lo + k
-            ndocs -= k
-        self.shards.append(tuple(pieces))
-
-
-def plan_shards(lengths: Iterable[np.ndarray], target: int) -> list[Pieces]:
-    """:class:`ShardPlanner` over every task's document lengths, in task order.
-
-    Args:
-        lengths: the document lengths of each input task.
-        target: tokens per shard (:func:`target_tokens`).
-    """
-    planner = ShardPlanner(target)
-    for task_lengths in lengths:
-        planner.add(task_lengths)
-    return planner.finish()
 
 
 def _import_ray() -> Any:
@@ -376,7 +147,7 @@ def _claim_area(plan: PackPlan, overwrite: bool) -> None:
     if store.local:
         os.makedirs(store.path(AREA), exist_ok=True)
         sweep_stale_temps(store.path(AREA))
-    previous = _load_json(store, JOB_RECORD)
+    previous = load_json(store, JOB_RECORD)
     if previous is not None and previous.get("job") != plan.job and not overwrite:
         raise FastdataConfigError(
             f"{store.display} holds an unfinished Ray pack with other inputs or arguments; "
@@ -397,10 +168,10 @@ def _remove_area(store: Store, tasks: int, shards: int) -> None:
         shutil.rmtree(store.path(AREA), ignore_errors=True)
         return
     for i in range(tasks):
-        store.remove(_segment(i))
-        store.remove(_record(_segment(i)))
+        store.remove(segment_name(i))
+        store.remove(record_name(segment_name(i)))
     for i in range(shards):
-        store.remove(_shard_record(i))
+        store.remove(shard_record_name(i))
     store.remove(JOB_RECORD)
 
 
@@ -444,14 +215,14 @@ def pack_on_ray(config: PackConfig, options: RayOptions | None = None,
     if store.allow_insecure:
         storage_options["allow_insecure"] = True
     env = (*TASK_ENV.items(), *((k, os.environ.get(k)) for k in _FORWARDED_ENV))
-    area = _Area(config.output, plan.job, ShardForm(plan.dtype, config.encode.read.chat,
+    area = Area(config.output, plan.job, ShardForm(plan.dtype, config.encode.read.chat,
                                                       config.compression), storage_options, env)
     totals = PackProgress()
     started = _connect(ray, config, options)
     try:
         task_options = {"num_cpus": 1, "max_retries": options.max_retries}
         planner = ShardPlanner(target_tokens(config.shard_size, plan.dtype))
-        _encode_all(ray, ray.remote(_encode).options(**task_options), area, plan, config.encode,
+        _encode_all(ray, ray.remote(encode).options(**task_options), area, plan, config.encode,
                     planner, totals, progress)
         shards = planner.finish()
         store.write_bytes(JOB_RECORD, json.dumps(
@@ -467,7 +238,7 @@ def pack_on_ray(config: PackConfig, options: RayOptions | None = None,
             if progress:
                 progress(totals)
 
-        _run_all(ray, ray.remote(_write).options(**task_options),
+        _run_all(ray, ray.remote(write).options(**task_options),
                  ((area, i, pieces) for i, pieces in enumerate(shards)),
                  lambda i: f"writing shard {i}", on_shard)
     finally:
@@ -478,13 +249,13 @@ def pack_on_ray(config: PackConfig, options: RayOptions | None = None,
     return PackResult(manifest, totals)
 
 
-def _encode_all(ray: Any, fn: Any, area: _Area, plan: PackPlan, encode: EncodeOptions,
+def _encode_all(ray: Any, fn: Any, area: Area, plan: PackPlan, encode: EncodeOptions,
                 planner: ShardPlanner, totals: PackProgress,
                 progress: Callable[[PackProgress], None] | None) -> None:
     """Phase 1: every input task's segment, the lengths fed to ``planner`` in task order."""
-    early: dict[int, _Encoded] = {}  # finished before a task in front of them
+    early: dict[int, Encoded] = {}  # finished before a task in front of them
 
-    def on_result(e: _Encoded) -> None:
+    def on_result(e: Encoded) -> None:
         if e.reused:
             totals.resumed_tasks += 1
         else:  # this run's work only, as the local engine counts it

@@ -2,12 +2,15 @@
 
 :class:`ShardCutter` decides where shards end from document lengths alone (pure), and
 :func:`publish_shard` writes one shard and puts it under its final name. Both engines use
-them, which is what makes their outputs byte-identical.
+them, which is what makes their outputs byte-identical. :class:`ShardPlanner` turns the
+cuts into pieces of input tasks, for the Ray engine, whose shards are assembled elsewhere.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +23,9 @@ from fastdata.format.spec import DTYPE_CODES, DTYPES
 from fastdata.format.writer import write_shard
 from fastdata.pack.encode import TaskResult
 from fastdata.storage.remote import Store
+
+#: A shard's content: (input task, first document, end document) pieces, in order.
+Pieces = tuple[tuple[int, int, int], ...]
 
 
 class ShardCutter:
@@ -107,3 +113,58 @@ def publish_shard(store: Store, form: ShardForm, index: int, docs: TaskResult,
             os.unlink(raw_path)
     return ShardInfo(name, stored.size, raw.size, len(lengths), len(tokens),
                      stored.xxh3_128, raw.xxh3_128)
+
+
+class ShardPlanner:
+    """Each shard's pieces of input tasks, cut exactly where the local engine cuts.
+
+    Fed each task's document lengths in task order; it keeps only the documents not yet in
+    a shard, so the driver never holds the lengths of the whole corpus.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.cutter = ShardCutter(target)
+        self.queue: deque[list[int]] = deque()  # [task, first doc, end doc] not yet in a shard
+        self.shards: list[Pieces] = []
+        self.tasks = 0
+
+    def add(self, lengths: np.ndarray) -> None:
+        """The next task's document lengths."""
+        if len(lengths):
+            self.queue.append([self.tasks, 0, len(lengths)])
+        self.tasks += 1
+        for ndocs in self.cutter.add(lengths):
+            self._take(ndocs)
+
+    def finish(self) -> list[Pieces]:
+        """Close the last shard; every shard's pieces, in shard order."""
+        last = self.cutter.finish()
+        if last:
+            self._take(last)
+        return self.shards
+
+    def _take(self, ndocs: int) -> None:
+        pieces = []
+        while ndocs:
+            task, lo, hi = self.queue[0]
+            k = min(ndocs, hi - lo)
+            pieces.append((task, lo, lo + k))
+            if k == hi - lo:
+                self.queue.popleft()
+            else:
+                self.queue[0][1] = lo + k
+            ndocs -= k
+        self.shards.append(tuple(pieces))
+
+
+def plan_shards(lengths: Iterable[np.ndarray], target: int) -> list[Pieces]:
+    """:class:`ShardPlanner` over every task's document lengths, in task order.
+
+    Args:
+        lengths: the document lengths of each input task.
+        target: tokens per shard (:func:`target_tokens`).
+    """
+    planner = ShardPlanner(target)
+    for task_lengths in lengths:
+        planner.add(task_lengths)
+    return planner.finish()
