@@ -50,19 +50,21 @@ out, specs = sys.argv[1], json.loads(sys.argv[2])
 for name, spec in specs.items():
     rng = np.random.default_rng(spec["seed"])
     dtype = getattr(np, spec["dtype"])
-    builder = IndexedDatasetBuilder(f"{out}/{name}.bin", dtype=dtype)
+    mm = spec.get("multimodal", False)
+    builder = IndexedDatasetBuilder(f"{out}/{name}.bin", dtype=dtype, multimodal=mm)
     for d in range(spec["docs"]):
         sizes = [int(n) for n in rng.integers(0, spec["max_len"], int(rng.integers(1, 4)))]
         tokens = rng.integers(spec["low"], spec["high"], sum(sizes))
         if d % 7 == 3:  # one item at a time, then end the document
             for part in np.split(tokens, np.cumsum(sizes)[:-1]):
-                builder.add_item(torch.from_numpy(part.astype(np.int64)))
+                builder.add_item(torch.from_numpy(part.astype(np.int64)), mode=d % 3)
             builder.end_document()
         else:
-            builder.add_document(torch.from_numpy(tokens.astype(np.int64)), sizes)
+            modes = [d % 3] * len(sizes) if mm else None
+            builder.add_document(torch.from_numpy(tokens.astype(np.int64)), sizes, modes=modes)
     builder.finalize(f"{out}/{name}.idx")
-    ds = IndexedDataset(f"{out}/{name}")
-    reads = [ds[i] for i in range(len(ds))]
+    ds = IndexedDataset(f"{out}/{name}", multimodal=mm)
+    reads = [ds[i][0] if mm else ds[i] for i in range(len(ds))]
     np.savez(f"{out}/{name}.reads.npz", tokens=np.concatenate(reads), lengths=[len(r) for r in reads],
              dtypes=[str(r.dtype) for r in reads], sequence_lengths=ds.sequence_lengths,
              sequence_pointers=ds.index.sequence_pointers, document_indices=ds.document_indices)
@@ -74,6 +76,7 @@ SPECS = {
     "u8": {"dtype": "uint8", "seed": 3, "docs": 60, "max_len": 200, "low": 0, "high": 256},
     "i64": {"dtype": "int64", "seed": 4, "docs": 60, "max_len": 60, "low": 0, "high": 1 << 33},
     "neg": {"dtype": "int32", "seed": 5, "docs": 20, "max_len": 30, "low": -3, "high": 100},
+    "mm": {"dtype": "uint16", "seed": 6, "docs": 80, "max_len": 60, "low": 0, "high": 99, "multimodal": True},
 }
 
 
@@ -102,11 +105,12 @@ def copy_pair(corpus, name, dest, idx_from=None):
 # ------------------------------------------------------------------ reading in place
 
 
-@pytest.mark.parametrize("name", ["u16", "i32", "u8", "i64"])
+@pytest.mark.parametrize("name", ["u16", "i32", "u8", "i64", "mm"])
 def test_every_sequence_equals_megatron_read(corpus, name):
     reads = corpus["reads"][name]
     with open_megatron(corpus["prefix"][name] + ".idx", shard_bytes=SHARD) as ds:
         assert len(ds.shards) > 2  # several virtual shards, so shard boundaries are crossed
+        assert ds.index.multimodal == (name == "mm")  # modes are accepted and ignored
         assert len(ds) == len(reads["docs"])
         for i, expected in enumerate(reads["docs"]):
             got = ds.doc(i)
@@ -233,6 +237,20 @@ def test_token_dataset_over_prefix_equals_imported_copy(corpus, imported, monkey
     # (drop_last leaves out other samples in another order: compare counts, not sets)
     assert len(seen) == len(set(seen)) == sum(len(y["sample_ids"]) for y in want)
     assert set(seen) <= set(range(a.space.num_samples)) and seen != sorted(seen)
+
+
+@pytest.mark.multiprocess
+def test_resume_from_a_saved_state(corpus, monkeypatch):
+    monkeypatch.setattr(megatron_source, "SHARD_BYTES", SHARD)
+    url = corpus["prefix"]["u16"] + ".idx"
+    full = [b["input_ids"].tolist() for b in fastdata.TokenDataset(url, seq_len=16, seed=4, batch_size=2)]
+    first = fastdata.TokenDataset(url, seq_len=16, seed=4, batch_size=2)
+    it = iter(first)
+    head = [next(it)["input_ids"].tolist() for _ in range(7)]
+    state = first.state_dict()
+    again = fastdata.TokenDataset(url, seq_len=16, seed=4, batch_size=2)
+    again.load_state_dict(state)
+    assert head + [b["input_ids"].tolist() for b in again] == full
 
 
 @pytest.mark.multiprocess
