@@ -332,3 +332,19 @@ def test_torchdata_stateful_dataloader(data):
     resumed.load_state_dict(state)
     assert before + ids_of(resumed) == full
     assert torch.tensor(full).unique().numel() == len(full)
+
+
+def test_iter_without_next_moves_nothing(data):
+    """Lightning calls iter() once only to check the loader is iterable: that must neither skip
+    epoch 0 nor consume a loaded state."""
+    dl = loader(data)
+    iter(dl)  # dropped unused
+    assert ids_of(dl) == uninterrupted(data, epochs=1)
+    _, state = run_until(loader(data), 4)
+    dl = loader(data)
+    dl.load_state_dict(state)
+    it = iter(dl)
+    assert dl.state_dict() == state
+    rest = ids_of(it)
+    expected = uninterrupted(data, epochs=1)
+    assert rest == expected[len(expected) - len(rest):] and len(rest) < len(expected)

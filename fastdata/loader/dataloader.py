@@ -196,6 +196,12 @@ class DataLoader:
     # ------------------------------------------------------------------ iteration
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch (or the rest of a loaded state's). Nothing moves until the first
+        ``next()``: frameworks that call ``iter()`` only to see that the loader is iterable
+        (Lightning does) neither skip an epoch nor consume a loaded state."""
+        return self._epoch()
+
+    def _epoch(self) -> Iterator[dict[str, torch.Tensor]]:
         if self._pending is not None:
             epoch, start = self._pending.epoch, self._pending.step
             self._pending = None
@@ -207,7 +213,7 @@ class DataLoader:
             order = self.dataset.epoch_order(epoch, self.world)
         self._next_epoch = epoch + 1
         self._position = (epoch, start)
-        return self._run(order, epoch, start, self._generation)
+        yield from self._run(order, epoch, start, self._generation)
 
     def _run(self, order: EpochOrder, epoch: int, start: int, generation: int
              ) -> Iterator[dict[str, torch.Tensor]]:
