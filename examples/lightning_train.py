@@ -30,41 +30,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # share train_gp
 from train_gpt import BatchLog, Meter, add_model_args, build_model  # noqa: E402
 
 
-class FirstBatchStartsTheEpoch:
-    """A fastdata.DataLoader whose ``iter()`` starts the next epoch only when a batch is drawn.
-
-    Lightning calls ``iter()`` once on a loader that is not a torch DataLoader just to check
-    that it is iterable; every ``iter()`` of a fastdata.DataLoader is the next epoch, so
-    without this the fit would begin with epoch 1's order.
-    """
-
-    def __init__(self, loader: fastdata.DataLoader) -> None:
-        self.loader = loader
-
-    def __iter__(self):
-        yield from self.loader  # a generator: iter(self.loader) runs at the first next()
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    # Lightning saves these in its checkpoints and restores them with ckpt_path.
-    def state_dict(self) -> dict:
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.loader.load_state_dict(state)
-
-
 class TokenData(L.LightningDataModule):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__()
         self.args = args
 
-    def train_dataloader(self) -> FirstBatchStartsTheEpoch:
+    def train_dataloader(self) -> fastdata.DataLoader:
+        # Lightning saves the loader's state_dict() in its checkpoints and restores it with
+        # ckpt_path: the data order resumes exactly.
         a = self.args
         ds = fastdata.TokenDataset(a.data, seq_len=a.seq_len, seed=a.seed)
-        return FirstBatchStartsTheEpoch(fastdata.DataLoader(
-            ds, batch_size=a.batch_size, num_workers=a.num_workers, pin_memory=torch.cuda.is_available()))
+        return fastdata.DataLoader(ds, batch_size=a.batch_size, num_workers=a.num_workers,
+                                   pin_memory=torch.cuda.is_available())
 
 
 class LitGPT(L.LightningModule):
