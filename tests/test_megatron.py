@@ -141,6 +141,11 @@ def test_source_forms(corpus, tmp_path):
     assert megatron_prefix("az://c/data/u16.idx") == ("az://c/data", "u16")
     assert megatron_prefix("az://c/data/u16") is None  # remote: name the .idx or .bin
     assert megatron_prefix(str(tmp_path)) is None
+    hidden = tmp_path / ".hidden"
+    for suffix in (".idx", ".bin"):  # a stem with a leading dot still gives valid cache names
+        shutil.copy(prefix + suffix, str(hidden) + suffix)
+    with open_megatron(str(hidden), shard_bytes=SHARD) as ds:
+        assert ds.shards.name(0).startswith("hidden.bin.0-")
     shapes = set()
     for form in (prefix, prefix + ".idx", prefix + ".bin"):
         with open_megatron(form, shard_bytes=SHARD) as ds:

@@ -126,7 +126,9 @@ def _manifest(stem: str, index: MegatronIndex, bounds: np.ndarray) -> tuple[Mani
     records["tokens"] = tokens
     tokenizer = TokenizerInfo(kind="pretokenized", name=f"megatron:{stem}", vocab_size=0, eos_id=None,
                               bos_id=None, fingerprint=index.identity)
-    names = [f"{stem}.bin.{int(a)}-{int(b)}" for a, b in byte_ranges]
+    # node-cache file names: one path component, no leading dot, well under 255 bytes
+    label = stem.lstrip(".")[:100] or "megatron"
+    names = [f"{label}.bin.{int(a)}-{int(b)}" for a, b in byte_ranges]
     provenance = {"megatron": {"stem": stem, "dtype": index.dtype.name, "sequences": index.num_sequences,
                                "documents": len(index.document_indices) - 1,
                                "multimodal": index.multimodal}}
