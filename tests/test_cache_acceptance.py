@@ -159,9 +159,24 @@ print(json.dumps({"ids": ids, "digests": digests, "fingerprint": ds.data.manifes
 """
 
 
+SPAWNED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_child_outlives_its_test():
+    yield
+    while SPAWNED:
+        proc = SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+
+
 def spawn(code: str, cfg: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-P", "-c", code, json.dumps(cfg)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-P", "-c", code, json.dumps(cfg)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    SPAWNED.append(proc)
+    return proc
 
 
 def result(proc: subprocess.Popen, timeout: float = 60) -> dict:
@@ -246,6 +261,26 @@ def test_a_manifest_copy_is_used_only_under_its_etag_and_in_a_private_directory(
     with caplog.at_level(logging.WARNING, logger="fastdata"):
         assert ManifestCopies.at(str(shared), "az://c/ds") is None
     assert "not keeping manifest copies" in caplog.text
+
+
+@pytest.mark.multiprocess
+def test_a_child_forked_while_the_lock_is_held_does_not_keep_it(tmp_path):
+    """flock belongs to the open file description, which fork shares: without care a child
+    forked inside the lock would hold it for its whole life (every other process of the node
+    would then wait LOCK_WAIT_S and fetch the manifest anyway)."""
+    copies = ManifestCopies.at(str(tmp_path), "az://c/ds")
+    with copies.locked():
+        pid = os.fork()
+        if pid == 0:  # the child lives on after its parent left the lock
+            time.sleep(3)
+            os._exit(0)
+    try:
+        started = time.monotonic()
+        with copies.locked(wait_s=2):
+            waited = time.monotonic() - started
+    finally:
+        os.waitpid(pid, 0)
+    assert waited < 1, waited
 
 
 def test_local_datasets_keep_no_manifest_copy(tmp_path):

@@ -121,9 +121,26 @@ class ManifestCopies:
             return
         try:
             _flock(fd, self.dir, wait_s)
+            _held.add(fd)
             yield
         finally:
+            _held.discard(fd)
             os.close(fd)  # releases the lock
+
+
+# A flock belongs to the open file description, which a fork shares: a child forked while
+# another thread holds the lock would keep it for its whole life. The child closes its copies.
+_held: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 def _flock(fd: int, where: str, wait_s: float) -> None:
