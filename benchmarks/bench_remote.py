@@ -317,6 +317,8 @@ def epochs_child(cfg: dict) -> dict:
                 time.sleep(cfg["step_s"])  # the simulated training step
             if cfg.get("max_steps") and n >= cfg["max_steps"]:
                 break
+            if cfg.get("max_s") and time.perf_counter() - t0 >= cfg["max_s"]:
+                break
         wall = time.perf_counter() - t0
         close = getattr(it, "close", None)
         if close is not None:
@@ -413,7 +415,8 @@ def summarize_epochs(r: dict, proxy: int = 0) -> list[dict]:
     for i, e in enumerate(r.get("epochs", [])):
         b = epoch_bytes(r, i, proxy)
         out.append({**e, "bytes": b, "mb_per_s": (b / MB / e["wall_s"]) if b else 0.0,
-                    "tokens_per_s": e["tokens"] / e["wall_s"]})
+                    "tokens_per_s": e["tokens"] / e["wall_s"], "consumed_bytes": e["tokens"] * 2,
+                    "amplification": (b / (e["tokens"] * 2)) if b and e["tokens"] else None})
     return out
 
 
@@ -428,17 +431,18 @@ def phase_local(args, dataset: Path) -> dict:
     return {"epochs": eps, "tokens_per_s": max(e["tokens_per_s"] for e in eps)}
 
 
-def phase_epochs(args, name: str, proxy, url: str, latency: float, cap: float | None,
-                 cache_limit: int, epochs: int = 2) -> dict:
+def phase_epochs(args, name: str, proxy, url: str, latency: float, cap: float | None,  # noqa: PLR0913
+                 cache_limit: int, epochs: int = 2, max_s: float | None = None) -> dict:
     proxy.shape(latency, cap)
     cache = fresh_dir(args.work_dir / "cache" / name)
     ch = run_fastdata(args, {"url": url, "conn": conn_string(proxy.port), "cache_dir": str(cache),
-                             "cache_limit": cache_limit, "epochs": epochs}, [proxy])
+                             "cache_limit": cache_limit, "epochs": epochs, "max_s": max_s}, [proxy])
     r = ch.wait(args.timeout)
     proxy.shape()
     if "error" in r:
         return r
-    return {"latency_s": latency, "cap_bps": cap, "cache_limit": cache_limit, "epochs": summarize_epochs(r),
+    return {"latency_s": latency, "cap_bps": cap, "cache_limit": cache_limit, "max_s": max_s,
+            "epochs": summarize_epochs(r),
             "construct_bytes": r["events"][0]["bytes"][0] if r["events"] else None,
             "total_bytes": r["bytes_total"][0], "cache_bytes": du(cache), "built_s": r["built_s"]}
 
@@ -602,13 +606,22 @@ def markdown(res: dict) -> str:  # noqa: C901 - one table after another
                  f"{min(e['wall_s'] for e in local['epochs']):.1f} | {fmt(local_tps / 1e6)} | 0 | — | — "
                  "| 1.00x |")
     for key, label, c in (("unshaped", "Azurite, unshaped", None),
-                          ("shaped", f"Azurite, {shaping(lat, cap)}", cap),
-                          ("small_cache", f"Azurite, {shaping(lat, cap)}, small cache", cap)):
+                          ("shaped", f"Azurite, {shaping(lat, cap)}", cap)):
         if key in res:
-            lbl = label
-            if key == "small_cache" and "error" not in res[key]:
-                lbl += f" ({res[key]['cache_limit'] / MB:,.0f} MB limit)"
-            L += epoch_rows(lbl, res[key], local_tps, c)
+            L += epoch_rows(label, res[key], local_tps, c)
+    sc = res.get("small_cache")
+    if sc and "error" in sc:
+        L += ["", f"**Small cache** failed: {sc['error']}"]
+    elif sc and sc.get("epochs"):
+        e = sc["epochs"][0]
+        share, part = sc["cache_limit"] / info["total_bytes"], e["consumed_bytes"] / info["bytes"]
+        L += ["", f"**Small cache** ({shaping(sc['latency_s'], sc['cap_bps'])}, cache limit "
+              f"{sc['cache_limit'] / MB:,.0f} MB = {share:.0%} of the dataset, cold, stopped after "
+              f"{e['wall_s']:.0f} s): {e['batches']:,} batches ({e['consumed_bytes'] / MB:,.0f} MB of "
+              f"tokens, {part:.0%} of an epoch) took {fmt((e['bytes'] or 0) / MB, '.0f')} MB of downloads "
+              f"at {fmt(e['mb_per_s'])} MB/s: **{fmt(e['amplification'], '.2f')} bytes downloaded per "
+              f"byte of samples** (with a cache that holds the dataset: about 1), "
+              f"{fmt(e['tokens_per_s'] / 1e6)} M tokens/s."]
     tt = res.get("ttfb")
     if tt:
         ok = [r for r in tt["runs"] if "error" not in r]
@@ -740,7 +753,8 @@ def run_all(args: argparse.Namespace) -> dict:
         lat, cap = args.latency, args.cap
         steps = [("unshaped", lambda: phase_epochs(args, "unshaped", p, url, 0.0, None, big)),
                  ("shaped", lambda: phase_epochs(args, "shaped", p, url, lat, cap, big)),
-                 ("small_cache", lambda: phase_epochs(args, "small", p, url, lat, cap, small)),
+                 ("small_cache", lambda: phase_epochs(args, "small", p, url, lat, cap, small, 1,
+                                                      args.small_cache_s)),
                  ("ttfb", lambda: phase_ttfb(args, p, url, args.ttfb_latency, args.ttfb_runs, big)),
                  ("two_nodes", lambda: phase_two_nodes(args, proxies, url, lat, cap, big)),
                  ("data_wait", lambda: phase_data_wait(args, p, url, lat, cap, big))]
@@ -779,14 +793,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work-dir", type=Path, default=HERE / ".work" / "remote")
     ap.add_argument("--fastdata", default=os.environ.get("FASTDATA", "fastdata"))
-    ap.add_argument("--tokens", type=lambda s: int(float(s)), default=256_000_000,
-                    help="dataset size in uint16 tokens (default 2.56e8 = 512 MB)")
+    ap.add_argument("--tokens", type=lambda s: int(float(s)), default=128_000_000,
+                    help="dataset size in uint16 tokens (default 1.28e8 = 256 MB)")
     ap.add_argument("--shard-size", default="16MB", help="fastdata pack --shard-size")
     ap.add_argument("--latency", type=float, default=0.020, help="per-direction delay, s (shaped runs)")
     ap.add_argument("--cap", type=float, default=50e6, help="link bandwidth cap, bytes/s (shaped runs)")
     ap.add_argument("--ttfb-latency", type=float, default=0.050)
     ap.add_argument("--ttfb-runs", type=int, default=3)
-    ap.add_argument("--small-cache", type=float, default=0.4, help="small cache limit, share of the dataset")
+    ap.add_argument("--small-cache", type=float, default=0.5, help="small cache limit, share of the dataset")
+    ap.add_argument("--small-cache-s", type=float, default=30, help="the small-cache run stops after this")
     ap.add_argument("--step-s", type=float, default=0.050, help="simulated training step, s")
     ap.add_argument("--wait-steps", type=int, default=300, help="steps of the data-wait run")
     ap.add_argument("--phases", nargs="*", default=list(PHASES), choices=PHASES)

@@ -113,8 +113,7 @@ def chart_loader(res: dict, out: Path, note: str) -> Path:
 def chart_remote(res: dict, out: Path, note: str) -> Path:
     cap = res["args"]["cap"] / 1e6
     rows: list[tuple[str, dict, bool]] = []  # (label, result, is fastdata)
-    for key, label in (("unshaped", "fastdata\nunshaped"), ("shaped", "fastdata\nshaped"),
-                       ("small_cache", "fastdata\nshaped, small cache")):
+    for key, label in (("unshaped", "fastdata\nunshaped"), ("shaped", "fastdata\nshaped")):
         if key in res and "error" not in res[key]:
             rows.append((label, res[key], True))
     for label, r in (res.get("peers") or {}).get("runs", {}).items():
