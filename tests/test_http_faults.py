@@ -131,6 +131,16 @@ def test_d5_retry_after_is_honoured(server, tmp_path):
     assert all(2.0 <= g < 4.0 for g in gaps), gaps
 
 
+def test_d5_throttled_manifest_is_retried_after_the_wait(server, tmp_path):
+    faults = server.fault("/ds/manifest.json")
+    faults.throttle, faults.retry_after = 2, 1
+    with fastdata.open_dataset(server.url + "/ds", storage_options=INSECURE, cache_dir=str(tmp_path)) as ds:
+        assert len(ds.shards) == len(shards(server))
+    log = server.requests(path="/ds/manifest.json")
+    assert [(r.method, r.status) for r in log] == [("HEAD", 503), ("HEAD", 503), ("HEAD", 200), ("GET", 200)]
+    assert all(b.time - a.time >= 1.0 for a, b in zip(log[:3], log[1:3]))
+
+
 # ---------------------------------------------------------------- D6
 
 
