@@ -115,6 +115,15 @@ def test_d3_lying_responses_are_integrity_errors(server, tmp_path, lie):
     assert info["name"] not in left and not any(info["name"] in n for n in left)  # no temp file either
 
 
+def test_d3_object_shorter_than_the_manifest_says(server, tmp_path):
+    data = os.urandom(3 * (16 << 10))
+    blob(server, "short.bin", data[:16 << 10])  # the second and third ranges start past its end
+    with pytest.raises(fastdata.FastdataIntegrityError) as err:
+        fetch(server, tmp_path, "short.bin", data)
+    msg = str(err.value)
+    assert "/ds/short.bin: bytes=" in msg and "past its end" in msg and "bytes */16384" in msg, msg
+
+
 # ---------------------------------------------------------------- D5
 
 

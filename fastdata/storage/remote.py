@@ -235,6 +235,10 @@ class Store:
             async with session.request(method, fs.encode_url(url), **options) as r:
                 if r.status == 404:
                     raise FileNotFoundError(errno.ENOENT, "no such object", self.describe(name))
+                if r.status == 416:  # no byte of the range exists: the object is shorter than expected
+                    raise FastdataIntegrityError(
+                        f"{self.describe(name)}: {headers.get('Range')} is past its end (Content-Range "
+                        f"{r.headers.get('Content-Range')!r}): the object is shorter than the manifest says")
                 if r.status == 412:
                     raise ObjectChangedError(
                         f"{self.describe(name)} changed during the download (412 to If-Match "
