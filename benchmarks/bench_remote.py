@@ -617,7 +617,7 @@ def markdown(res: dict) -> str:  # noqa: C901 - one table after another
         share, part = sc["cache_limit"] / info["total_bytes"], e["consumed_bytes"] / info["bytes"]
         L += ["", f"**Small cache** ({shaping(sc['latency_s'], sc['cap_bps'])}, cache limit "
               f"{sc['cache_limit'] / MB:,.0f} MB = {share:.0%} of the dataset, cold, stopped after "
-              f"{e['wall_s']:.0f} s): {e['batches']:,} batches ({e['consumed_bytes'] / MB:,.0f} MB of "
+              f"{e['wall_s']:.0f} s): {e['batches']:,} batches ({e['consumed_bytes'] / MB:,.1f} MB of "
               f"tokens, {part:.0%} of an epoch) took {fmt((e['bytes'] or 0) / MB, '.0f')} MB of downloads "
               f"at {fmt(e['mb_per_s'])} MB/s: **{fmt(e['amplification'], '.2f')} bytes downloaded per "
               f"byte of samples** (with a cache that holds the dataset: about 1), "
