@@ -77,9 +77,24 @@ class Job:
                          for name, p in zip(self.logs_of, self.procs))
 
     def kill(self) -> None:
+        """SIGKILL every process of the job at once: each launcher's process group, and every
+        descendant (torchrun starts each rank in a session of its own, with its DataLoader
+        workers in the rank's group)."""
+        import psutil
+
+        groups = set()
         for p in self.procs:
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+                try:
+                    groups.update(os.getpgid(c.pid) for c in psutil.Process(p.pid).children(recursive=True))
+                except (psutil.Error, ProcessLookupError):
+                    pass
+                groups.add(p.pid)
+        for group in groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for p in self.procs:
             p.wait(timeout=30)
 

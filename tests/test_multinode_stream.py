@@ -396,6 +396,10 @@ def test_c5_the_node_caches_never_exceed_the_limit(corpus, full_epoch):
 # (~7.5 KB with headers) gets through on a fresh connection, and a pooled connection dies after
 # two or three shard downloads (~3 KB GET bodies plus two HEADs each), mostly mid-body.
 RESET_AFTER, FAULT_CONNS = 9000, None
+# The restart finds the manifest copied in its node caches (one HEAD, no GET) and fetches few
+# ~3 KB shards: reset sooner, or a node's connections may never carry 9,000 bytes. A shard still
+# gets through on a fresh connection; a manifest GET (which should not happen) never would.
+RESTART_RESET_AFTER = 5000
 
 
 def retry_warnings(logs: list[str]) -> list[str]:
@@ -480,7 +484,7 @@ def test_c7_c10_b3_restart_after_kill_and_corruption_is_exactly_once(corpus, pro
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([b[0] ^ 0x40]))
 
-    reset_proxies(proxies, RESET_AFTER, FAULT_CONNS)
+    reset_proxies(proxies, RESTART_RESET_AFTER, FAULT_CONNS)
     monitor = DiskMonitor([str(c) for c in killed["caches"]])
     config = job_config(corpus, proxies, killed["caches"], resume=killed["path"])
     job = Job(killed["dir"] / "restart", **config)
@@ -499,14 +503,23 @@ def test_c7_c10_b3_restart_after_kill_and_corruption_is_exactly_once(corpus, pro
     assert ([(s["epoch"], s["step"]) for s in states]
             == [(0, k) for k in range(SAVE_STEP + 1, steps)] + [(1, 0)])
 
+    # The damaged copy is either found on first use (a warning naming it, then a new download),
+    # or evicted unread first: the restarted ranks' prefetch fills the tight cache, and entries
+    # left by the killed job carry no next use, so they go first. Either way it is fetched again.
     damaged = [m for m in warnings_of(results) if "damaged" in m]
-    assert damaged and all(victim in m for m in damaged), damaged
+    assert all(victim in m for m in damaged), damaged
     assert all(victim not in m for m in warnings_of(results, node=1))
     assert damaged == [m for m in warnings_of(results, node=0) if "damaged" in m]
     name = os.path.basename(victim) + ".zst"
     refetch = [t for t, s in gets[0] if s == corpus["names"][name]]
-    warned = min(x["t"] for r in results for x in r["log"] if "damaged" in x["message"])
-    assert any(t > warned for t in refetch), "the damaged shard was not downloaded again after the warning"
+    if damaged:
+        gone = min(x["t"] for r in results for x in r["log"] if "damaged" in x["message"])
+    else:
+        evicted = [t for r in results if r["node"] == 0
+                   for t, f in r["unlinked"] if f == os.path.basename(victim)]
+        assert evicted, "the damaged shard was neither reported nor evicted"
+        gone = min(evicted)
+    assert any(t > gone for t in refetch), "the damaged shard was not downloaded again"
     assert all(p.counters.faults >= 1 for p in proxies)
     others = [m for m in warnings_of(results) if "damaged" not in m and not retry_warnings([m])]
     assert all(m.startswith(RECOVERY) for m in others), others
@@ -521,8 +534,8 @@ def test_c7_c10_b3_restart_after_kill_and_corruption_is_exactly_once(corpus, pro
     first = [r["t_first_batch"] - r["t_iter"] for r in results]
     assert max(first) < 10, f"the restart took {max(first):.1f} s from iter() to its first batch"
     report("restart", [f"flipped a byte of {os.path.basename(victim)} (node 0 reads it at step "
-                       f"{candidates[0][0]}); warnings {damaged}; GETs of it after the warning: "
-                       f"{sum(t > warned for t in refetch)}",
+                       f"{candidates[0][0]}); warnings {damaged}; GETs of it after the warning "
+                       f"or eviction: {sum(t > gone for t in refetch)}",
                        f"first batch {max(first):.2f} s after iter(), "
                        f"{max(r['t_first_batch'] - r['t_start'] for r in results):.1f} s after the "
                        f"interpreter started; resets {[p.counters.faults for p in proxies]}, fastdata retry "
