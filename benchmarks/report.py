@@ -1,7 +1,7 @@
 """Append one benchmark run (machine, commit, tables) to a results Markdown file.
 
 Called by ``benchmarks/run.sh``; takes the Markdown sections that bench_pack.py,
-bench_reader.py and bench_loader.py wrote and puts them under a heading with the date, the
+bench_reader.py, bench_loader.py and bench_remote.py wrote and puts them under a heading with the date, the
 machine (cores, CPU model, RAM, load average before and after the run) and the git commit.
 """
 
