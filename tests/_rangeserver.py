@@ -12,8 +12,8 @@ Serves the files under a directory (GET and HEAD) with ``Range: bytes=a-b`` (206
   honest ``Content-Range``) of the range this many bytes further on;
 * ``throttle`` / ``retry_after`` — 503 with ``Retry-After`` for the first N requests;
 * ``replace_with`` — after the first ranged GET, the object's bytes become these (new ETag);
-* ``flaky`` — 404 for any GET of an object whose every byte was already served once
-  (LitData's ``_FlakyRemoteDownloader``: a second download of a shard is a bug).
+* ``flaky`` — 404 for any GET of an object whose every byte was already served once (or
+  ``flaky`` = N times): LitData's ``_FlakyRemoteDownloader``, a download more than expected is a bug.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class ObjectFaults:
     throttle: int = 0
     retry_after: float = 2.0
     replace_with: bytes | None = None
-    flaky: bool = False
+    flaky: bool | int = False  #: True: one full serve; N: N full serves
 
 
 @dataclass
@@ -55,6 +55,7 @@ class _Object:
     data: bytes
     version: int = 0
     served: list[tuple[int, int]] = field(default_factory=list)  # merged byte intervals sent
+    full_serves: int = 0  # times every byte of the object was sent
 
     @property
     def etag(self) -> str:
@@ -69,10 +70,9 @@ class _Object:
             else:
                 merged.append((s, e))
         self.served = merged
-
-    @property
-    def fully_served(self) -> bool:
-        return self.served == [(0, len(self.data))]
+        if merged == [(0, len(self.data))]:  # every byte sent once more: count it, start again
+            self.full_serves += 1
+            self.served = []
 
 
 class RangeServer:
@@ -160,7 +160,7 @@ class RangeServer:
         if faults.throttle > 0:
             faults.throttle -= 1
             return 503, {"Retry-After": f"{faults.retry_after:g}"}, b"slow down"
-        if body and faults.flaky and obj.fully_served:
+        if body and faults.flaky and obj.full_serves >= int(faults.flaky):
             return 404, {}, b"flaky remote: served once already"
         if_match = req.headers.get("If-Match")
         if if_match is not None and if_match.strip() not in ("*", obj.etag):

@@ -257,10 +257,13 @@ class DataLoader:
     def _threaded(self, order: EpochOrder, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         stripe = Stripe.of(order.config.global_batch, self.world.rank, self.world.world_size)
         prefetcher = None
-        if self.dataset.fetches and self.prefetch_bytes > 0:
+        budget = self.prefetch_bytes
+        if self.dataset.prefetch_cap is not None:  # never fetch ahead what the cache must evict
+            budget = min(budget, self.dataset.prefetch_cap)
+        if self.dataset.fetches and budget > 0:
             prefetcher = Prefetcher(range(start, order.num_steps),
                                     lambda step: self.dataset.shards_of(order, stripe, step),
-                                    self.dataset.fetch_shard, self.prefetch_bytes)
+                                    self.dataset.fetch_shard, budget)
         try:
             for step, batch in self._assembled(order, stripe, start):
                 if prefetcher is not None:
@@ -277,7 +280,8 @@ class DataLoader:
             for steps in chunks:
                 yield from zip(steps, self._make(order, stripe, steps))
             return
-        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="fastdata-loader")
+        threads = 1 if self.dataset.keeps_few_shards else self.num_workers
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="fastdata-loader")
         window: deque[tuple[range, Future[list[dict[str, torch.Tensor]]]]] = deque()
         in_flight = max(2, -(-self.prefetch // self._chunk_steps()))
         try:

@@ -88,8 +88,14 @@ class TokenDataset(IterableDataset):
         self.datasets: list[Dataset] = [
             _open_source(s.url, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
             for s in self.sources]
+        self.prefetch_cap: int | None = None  # bytes this rank may fetch ahead without crowding the cache
         if cache_limit is not None:
-            _check_cache_limit(self.datasets, parse_size(cache_limit), World.detect(world))
+            limit, checked = parse_size(cache_limit), World.detect(world)
+            _check_cache_limit(self.datasets, limit, checked)
+            largest = max((int(d.shards.column("raw_bytes").max()) for d in self.datasets if len(d.shards)),
+                          default=0)
+            spare = limit - largest * checked.ranks_per_node * CACHED_OPEN_SHARDS
+            self.prefetch_cap = max(1, spare // checked.ranks_per_node)
         self.spaces = [self._space(d) for d in self.datasets]
         for d, space in zip(self.datasets, self.spaces):
             if space.num_samples == 0:
@@ -180,7 +186,10 @@ class TokenDataset(IterableDataset):
 
     def shards_of(self, order: EpochOrder | BlendOrder, stripe: Stripe, step: int) -> np.ndarray:
         """Shards (as ``source << 40 | shard``) that this rank's micro-batch of ``step`` reads."""
-        ids = order.slots(step, stripe.lo, stripe.hi)
+        return self.shard_keys(order.slots(step, stripe.lo, stripe.hi))
+
+    def shard_keys(self, ids: np.ndarray) -> np.ndarray:
+        """Shards (as ``source << 40 | shard``) that reading samples ``ids`` touches."""
         if len(self.datasets) == 1:
             return self.assembler().shards_of(ids)
         offsets = np.concatenate([[0], np.cumsum([s.num_samples for s in self.spaces])])
@@ -207,9 +216,40 @@ class TokenDataset(IterableDataset):
         if self.samples.doc_ids:  # cu_seqlens is per batch: no sharing
             return [self.batch(order, stripe, s) for s in steps]
         ids = order.slots(np.asarray(steps, dtype=np.int64), stripe.lo, stripe.hi)
-        arrays = self.assembler()(ids.ravel())
         b = stripe.hi - stripe.lo
-        return [{k: v[i * b : (i + 1) * b] for k, v in arrays.items()} for i in range(len(steps))]
+        out = []
+        for lo, hi in self._groups(ids):
+            arrays = self.assembler()(ids[lo:hi].ravel())
+            out += [{k: v[i * b : (i + 1) * b] for k, v in arrays.items()} for i in range(hi - lo)]
+        return out
+
+    @property
+    def keeps_few_shards(self) -> bool:
+        """Whether a node cache limits this process to ``CACHED_OPEN_SHARDS`` mapped (pinned)
+        shards, the number its minimum limit counts on. Several threads gathering at once would
+        then take turns unpinning each other's shards, and a tight cache would evict and fetch
+        them again: ``fastdata.DataLoader`` assembles such batches on one thread (the gather
+        is a small share of a batch's time; downloads stay parallel in the prefetcher)."""
+        return any(d.max_open_shards <= CACHED_OPEN_SHARDS for d in self.datasets)
+
+    def _groups(self, ids: np.ndarray) -> list[tuple[int, int]]:
+        """Runs of consecutive steps (rows of ``ids``) whose samples lie in at most
+        ``max_open_shards`` shards: one gather maps all of its shards at once, and with a node
+        cache a process keeps only a few mapped (and pinned), so a larger gather would unpin
+        shards it still reads, and a tight cache could evict and fetch them again."""
+        limit = min(d.max_open_shards for d in self.datasets)
+        if len(ids) <= 1 or limit >= ids.size or len(self.shard_keys(ids.ravel())) <= limit:
+            return [(0, len(ids))]
+        groups, start, seen = [], 0, np.zeros(0, np.int64)
+        for i, row in enumerate(ids):
+            shards = self.shard_keys(row)
+            union = np.union1d(seen, shards)
+            if len(union) > limit and i > start:
+                groups.append((start, i))
+                start, union = i, np.unique(shards)
+            seen = union
+        groups.append((start, len(ids)))
+        return groups
 
     # ------------------------------------------------------------------ epochs and state
 
