@@ -344,3 +344,13 @@ def test_g6_manifest_cannot_point_outside_the_dataset(server, name):
     with pytest.raises(fastdata.FastdataFormatError, match=r"shards\[1\].*shard name"):
         fastdata.open_dataset(server.url + "/ds", storage_options=INSECURE)
     assert {r.path for r in server.log} == {"/ds/manifest.json"}
+
+
+def test_g6_allow_insecure_from_a_command_line_is_parsed(server, monkeypatch):
+    """--storage-option allow_insecure=false arrives as the text "false": that is not an opt-in."""
+    monkeypatch.delenv("FASTDATA_ALLOW_INSECURE", raising=False)
+    with pytest.raises(fastdata.FastdataConfigError, match="allow_insecure"):
+        Store(server.url + "/ds", {"allow_insecure": "false"})
+    assert Store(server.url + "/ds", {"allow_insecure": "true"}).allow_insecure
+    with pytest.raises(fastdata.FastdataConfigError, match="true or false"):
+        Store(server.url + "/ds", {"allow_insecure": "maybe"})

@@ -38,6 +38,18 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+def _flag(value: Any) -> bool:
+    """A boolean option that may come from a command line as text ("false" is False)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("", "0", "false", "no", "off"):
+            return False
+        raise FastdataConfigError(f"allow_insecure must be true or false, got {value!r}")
+    return bool(value)
+
+
 def is_local(url: str) -> bool:
     scheme = urlsplit(url).scheme
     return scheme in _LOCAL_SCHEMES or len(scheme) == 1
@@ -93,7 +105,7 @@ class Store:
             import fsspec  # the one place fastdata touches fsspec
 
             options = dict(storage_options or {})
-            self.allow_insecure = bool(options.pop("allow_insecure", False)) or (
+            self.allow_insecure = _flag(options.pop("allow_insecure", False)) or (
                 os.environ.get("FASTDATA_ALLOW_INSECURE") == "1")
             scheme = urlsplit(url).scheme.lower()
             endpoint = insecure_endpoint(scheme, self.url, options, os.environ)
