@@ -30,6 +30,12 @@ def close(actual: float, expected: float, rel: float, slack: float) -> bool:
     return abs(actual - expected) <= rel * expected + slack
 
 
+@pytest.fixture(autouse=True)
+def _fresh_figures():
+    """The process's figures start from zero in each test (other test modules read data too)."""
+    metrics.registry.reset()
+
+
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     return packed_dataset(str(tmp_path_factory.mktemp("metrics")), docs=300)
