@@ -320,10 +320,10 @@ def epochs_child(cfg: dict) -> dict:
             if cfg.get("max_s") and time.perf_counter() - t0 >= cfg["max_s"]:
                 break
         wall = time.perf_counter() - t0
-        close = getattr(it, "close", None)
+        print(json.dumps({"event": "end", "epoch": epoch}), flush=True)  # before close(): downloads
+        close = getattr(it, "close", None)  # still in flight after a stop are not the epoch's
         if close is not None:
             close()
-        print(json.dumps({"event": "end", "epoch": epoch}), flush=True)
         after_first = wall - waits[0] if waits else 0.0
         epochs.append({
             "batches": n, "tokens": n * BATCH * (SEQ_LEN + 1), "wall_s": wall,
