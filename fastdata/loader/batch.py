@@ -66,13 +66,14 @@ class BatchAssembler:
 
     def shards_of(self, sample_ids: np.ndarray) -> np.ndarray:
         """The shards that reading ``sample_ids`` touches, in order of first use."""
-        ids = sample_ids[sample_ids >= 0]
-        if self.config.mode == "packed":
-            shards = np.searchsorted(self.sample_starts, ids, side="right") - 1
-        else:
-            shards = np.searchsorted(self.doc_starts, ids, side="right") - 1
+        shards = self.shard_of_each(sample_ids[sample_ids >= 0])
         _, first_use = np.unique(shards, return_index=True)
         return shards[np.sort(first_use)]
+
+    def shard_of_each(self, sample_ids: np.ndarray) -> np.ndarray:
+        """The shard holding each (non-padding) sample."""
+        starts = self.sample_starts if self.config.mode == "packed" else self.doc_starts
+        return np.searchsorted(starts, sample_ids, side="right") - 1
 
     def __call__(self, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
         if self.config.mode == "packed":

@@ -94,6 +94,7 @@ class DataLoader:
             raise FastdataConfigError(f"the dataset was built with batch_size={dataset.batch_size}, "
                                       f"the loader asks for {batch_size}")
         dataset.batch_size = batch_size
+        dataset.fit_cache()  # pins per process follow the micro-batch
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
         self.pin_memory = pin_memory and torch.cuda.is_available()
         if pin_memory and not self.pin_memory:
@@ -262,7 +263,7 @@ class DataLoader:
             budget = min(budget, self.dataset.prefetch_cap)
         if self.dataset.fetches and budget > 0:
             prefetcher = Prefetcher(range(start, order.num_steps),
-                                    lambda step: self.dataset.shards_of(order, stripe, step),
+                                    lambda lo, hi: self.dataset.first_uses(order, stripe, lo, hi),
                                     self.dataset.fetch_shard, budget)
         try:
             for step, batch in self._assembled(order, stripe, start):

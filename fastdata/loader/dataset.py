@@ -89,13 +89,8 @@ class TokenDataset(IterableDataset):
             _open_source(s.url, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
             for s in self.sources]
         self.prefetch_cap: int | None = None  # bytes this rank may fetch ahead without crowding the cache
-        if cache_limit is not None:
-            limit, checked = parse_size(cache_limit), World.detect(world)
-            _check_cache_limit(self.datasets, limit, checked)
-            largest = max((int(d.shards.column("raw_bytes").max()) for d in self.datasets if len(d.shards)),
-                          default=0)
-            spare = limit - largest * checked.ranks_per_node * CACHED_OPEN_SHARDS
-            self.prefetch_cap = max(1, spare // checked.ranks_per_node)
+        self._cache_limit = parse_size(cache_limit) if cache_limit is not None else None
+        self._cache_world = World.detect(world) if cache_limit is not None else None
         self.spaces = [self._space(d) for d in self.datasets]
         for d, space in zip(self.datasets, self.spaces):
             if space.num_samples == 0:
@@ -113,6 +108,7 @@ class TokenDataset(IterableDataset):
         if batch_size is not None and batch_size < 1:
             raise FastdataConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
+        self.fit_cache()
         World.detect(world)  # fail now if the configured world contradicts the process group
         self.world = world
         self._assembler: BatchAssembler | _BlendAssembler | None = None
@@ -198,6 +194,29 @@ class TokenDataset(IterableDataset):
                 for s in np.unique(source[ids >= 0])]
         return np.concatenate(keys) if keys else np.zeros(0, np.int64)
 
+    def first_uses(self, order: EpochOrder | BlendOrder, stripe: Stripe, lo: int, hi: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """(step, shard key) of each shard this rank first reads in steps ``[lo, hi)``, in that
+        order: one vectorised pass for a whole block of steps (the prefetcher's walk)."""
+        ids = order.slots(np.arange(lo, hi, dtype=np.int64), stripe.lo, stripe.hi)
+        flat = ids.ravel()
+        keys = np.full(len(flat), -1, dtype=np.int64)
+        if len(self.datasets) == 1:
+            real = flat >= 0
+            keys[real] = self.assembler().shard_of_each(flat[real])
+        else:
+            offsets = np.concatenate([[0], np.cumsum([s.num_samples for s in self.spaces])])
+            source = np.searchsorted(offsets, flat, side="right") - 1
+            for src in np.unique(source[flat >= 0]):
+                mine = (source == src) & (flat >= 0)
+                part = self.assembler().parts[int(src)]
+                keys[mine] = (int(src) << 40) | part.shard_of_each(flat[mine] - offsets[src])
+        real = np.flatnonzero(keys >= 0)
+        uniq, first = np.unique(keys[real], return_index=True)
+        at = real[first]
+        by_use = np.argsort(at, kind="stable")
+        return lo + at[by_use] // max(1, ids.shape[1]), uniq[by_use]
+
     def fetch_shard(self, key: int, step: int) -> int:
         """Make sure shard ``key`` (from :meth:`shards_of`) is cached; returns its raw size."""
         data = self.datasets[key >> 40]
@@ -223,14 +242,51 @@ class TokenDataset(IterableDataset):
             out += [{k: v[i * b : (i + 1) * b] for k, v in arrays.items()} for i in range(hi - lo)]
         return out
 
+    def fit_cache(self) -> None:
+        """With a node cache: decide how many shards each process keeps mapped (and pinned),
+        refuse a limit that cannot work (naming the minimum), and cap the prefetch look-ahead
+        at the room left. ``fastdata.DataLoader`` calls it again when it sets ``batch_size``.
+
+        The order reads, per rank, a few partitions at a time, each within a shuffle block of
+        shards (``working_set``). When the limit holds that many shards per rank they all stay
+        pinned and each is opened once per block. The minimum is ``CACHED_OPEN_SHARDS`` per
+        rank: correct, but shards are then opened again and again (and with a very tight cache
+        fetched again), so a warning names the limit that would hold the working set."""
+        if self._cache_limit is None:
+            return
+        world, limit = self._cache_world, self._cache_limit
+        ranks = world.ranks_per_node
+        working = max(CACHED_OPEN_SHARDS, self.working_set(world))
+        largest = max((int(d.shards.column("raw_bytes").max()) for d in self.datasets if len(d.shards)),
+                      default=0)
+        per_rank = working if limit >= largest * (ranks * working + 1) else CACHED_OPEN_SHARDS
+        self._tight = per_rank < working
+        _check_cache_limit(self.datasets, limit, world, per_rank)
+        if per_rank < working and self.fetches:
+            log.warning("cache_limit %d bytes holds less than the %d shards per rank this order reads at "
+                        "once: shards will be opened repeatedly and may be fetched again; %d bytes or more "
+                        "keeps them", limit, working, largest * (ranks * working + 1))
+        self.prefetch_cap = max(1, (limit - largest * ranks * per_rank) // ranks)
+
+    def working_set(self, world: World) -> int:
+        """Shards one rank reads from at once: the partitions its micro-batch draws from, each
+        within its current shuffle block (``window`` shards, or the whole partition)."""
+        cfg = self.order_config(world)
+        shards = sum(len(d.shards) for d in self.datasets)
+        per_partition = -(-shards // cfg.partitions) + 1
+        slots = max(1, cfg.global_batch // cfg.partitions)
+        partitions = min(cfg.partitions, -(-(self.batch_size or 1) // slots) + 1)
+        block = 2 if not self.shuffle else min(cfg.window or per_partition, per_partition)
+        return min(shards, partitions * block)
+
     @property
     def keeps_few_shards(self) -> bool:
-        """Whether a node cache limits this process to ``CACHED_OPEN_SHARDS`` mapped (pinned)
-        shards, the number its minimum limit counts on. Several threads gathering at once would
+        """Whether a node cache limits the shards this process keeps mapped (pinned) to what one
+        micro-batch reads, the number its minimum limit counts on. Several threads gathering at once would
         then take turns unpinning each other's shards, and a tight cache would evict and fetch
         them again: ``fastdata.DataLoader`` assembles such batches on one thread (the gather
         is a small share of a batch's time; downloads stay parallel in the prefetcher)."""
-        return any(d.max_open_shards <= CACHED_OPEN_SHARDS for d in self.datasets)
+        return self._cache_limit is not None and self.fetches and self._tight
 
     def _groups(self, ids: np.ndarray) -> list[tuple[int, int]]:
         """Runs of consecutive steps (rows of ``ids``) whose samples lie in at most
@@ -396,15 +452,17 @@ class _BlendAssembler:
 CACHED_OPEN_SHARDS = 4
 
 
-def _check_cache_limit(datasets: Sequence[Dataset], limit: int, world: World) -> None:
-    """Refuse up front a node cache too small to hold what the node's ranks use at once."""
+def _check_cache_limit(datasets: Sequence[Dataset], limit: int, world: World, per_rank: int) -> int:
+    """Refuse up front a node cache too small to hold what the node's ranks pin at once; sets
+    each dataset's open-shard limit to ``per_rank``. Returns the largest raw shard size."""
     largest = max((int(d.shards.column("raw_bytes").max()) for d in datasets if len(d.shards)), default=0)
-    concurrent = world.ranks_per_node * CACHED_OPEN_SHARDS + 1
+    concurrent = world.ranks_per_node * per_rank + 1
     minimum = largest * concurrent
     if limit < minimum:
         raise FastdataConfigError(
             f"cache_limit {limit} bytes is too small: {world.ranks_per_node} rank(s) on this node keep up "
-            f"to {CACHED_OPEN_SHARDS} shards of up to {largest} bytes each, plus one in flight; use at "
+            f"to {per_rank} shards of up to {largest} bytes each, plus one in flight; use at "
             f"least {minimum} bytes")
     for d in datasets:
-        d.max_open_shards = CACHED_OPEN_SHARDS
+        d.max_open_shards = per_rank
+    return largest

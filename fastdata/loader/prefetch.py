@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,18 +25,22 @@ log = logging.getLogger(__name__)
 class Prefetcher:
     """Background filling of the cache for steps ``steps`` (in order)."""
 
-    def __init__(self, steps: Iterable[int], shards_of: Callable[[int], np.ndarray],
+    #: Steps whose shards are worked out in one vectorised call.
+    block = 256
+
+    def __init__(self, steps: range, first_uses: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
                  fetch: Callable[[int, int], int], budget: int) -> None:
         """
         Args:
             steps: the steps this rank will make, in order.
-            shards_of: shard indices a step reads.
+            first_uses: ``first_uses(lo, hi)`` gives (step, shard) of each shard first read in
+                steps ``[lo, hi)``, in that order.
             fetch: ``fetch(shard, step)`` puts the shard in the cache; returns its size.
             budget: bytes that may be fetched ahead of the consumer's step.
         """
-        self._steps, self._shards_of, self._fetch, self._budget = steps, shards_of, fetch, budget
+        self._steps, self._first_uses, self._fetch, self._budget = steps, first_uses, fetch, budget
         self._ahead: deque[tuple[int, int]] = deque()  # (step, bytes) fetched for future steps
-        self._consumer = -1
+        self._consumer = steps.start - 1
         self._cond = threading.Condition()
         self._stop = False
         self.error: BaseException | None = None
@@ -60,9 +64,14 @@ class Prefetcher:
     def _run(self) -> None:
         seen: set[int] = set()
         try:
-            for step in self._steps:
-                for shard in self._shards_of(step):
-                    shard = int(shard)
+            for lo in range(self._steps.start, self._steps.stop, self.block):
+                with self._cond:  # keep the walk near the consumer: no CPU spent far ahead
+                    while not self._stop and lo > self._consumer + self.block:
+                        self._cond.wait(0.1)
+                    if self._stop:
+                        return
+                steps, shards = self._first_uses(lo, min(lo + self.block, self._steps.stop))
+                for step, shard in zip(steps.tolist(), shards.tolist()):
                     if shard in seen:
                         continue
                     with self._cond:

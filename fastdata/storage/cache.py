@@ -226,7 +226,7 @@ class NodeCache:
         with _gate:
             if key not in _envs:
                 env = lmdb.open(os.path.join(self.root, self._db_dir), map_size=1 << 30, max_dbs=8,
-                                subdir=True, mode=0o600, metasync=False, readahead=False)
+                                subdir=True, mode=0o600, metasync=False, sync=False, readahead=False)
                 with env.begin(write=True) as txn:
                     _envs[key] = [env, {n: env.open_db(n.encode(), txn=txn) for n in _TABLES}, 0]
             _envs[key][2] += 1
