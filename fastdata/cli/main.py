@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     from fastdata.cli import verify as verify_cmd
 
     parser = argparse.ArgumentParser(
-        prog="fastdata", description="Pack corpora into token shards, read them back, and measure the data path.")
+        prog="fastdata",
+        description="Pack corpora into token shards, read them back, and measure the data path.")
     parser.add_argument("--version", action="version", version=f"fastdata {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)

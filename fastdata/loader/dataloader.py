@@ -109,6 +109,7 @@ class DataLoader:
         self._generation = 0  # bumped by load_state_dict to retire live iterators
         self.log_every = log_every
         self._stats = metrics.Registry()  # this loader's step timings, and its workers' figures
+        self._buffer: tuple[list, list, list] = ([], [], [])  # tokens, waits, steps not yet in _stats
         self._started: float | None = None  # when the training loop first asked for a batch
 
     def __len__(self) -> int:
@@ -165,6 +166,7 @@ class DataLoader:
         time; ``job.*`` figures then hold the whole job's view, with ``job.slowest_rank`` the
         rank that waited longest for data.
         """
+        self._flush()
         snap = metrics.combined(metrics.registry, self._stats)
         elapsed = time.perf_counter() - self._started if self._started is not None else 0.0
         stepped = snap.get("loader.step.seconds", 0.0)
@@ -183,12 +185,26 @@ class DataLoader:
 
     def _record(self, waited: float, first: bool, step_before: float | None,
                 batch: Mapping[str, torch.Tensor]) -> None:
-        """One batch's figures: its wait, and the previous step's time (None after the first)."""
-        tokens = batch["input_ids"].numel() if "input_ids" in batch else 0
-        timings = [("loader.first_batch" if first else "loader.wait", waited)]
+        """One batch's figures: its wait, and the previous step's time (None after the first).
+        Kept in plain lists (only the training loop's thread writes them) and folded into the
+        registry every 1,024 batches and by metrics(): a list append per batch, no lock."""
+        self._buffer[0].append(batch["input_ids"].numel() if "input_ids" in batch else 0)
+        if first:
+            self._stats.observe("loader.first_batch", waited)
+        else:
+            self._buffer[1].append(waited)
         if step_before is not None:
-            timings.append(("loader.step", step_before))
-        self._stats.record((("loader.batches", 1), ("loader.tokens", tokens)), timings)
+            self._buffer[2].append(step_before)
+        if len(self._buffer[0]) >= 1024:
+            self._flush()
+
+    def _flush(self) -> None:
+        tokens, waits, steps = self._buffer
+        self._buffer = ([], [], [])
+        if tokens:
+            self._stats.record((("loader.batches", len(tokens)), ("loader.tokens", sum(tokens))))
+        self._stats.observe_many("loader.wait", waits)
+        self._stats.observe_many("loader.step", steps)
 
     def _log(self, step: int) -> None:
         if self.log_every and (step + 1) % self.log_every == 0:
