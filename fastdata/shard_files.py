@@ -133,7 +133,7 @@ class ShardFiles:
         raw_name = info.name.removesuffix(".zst")
         if self._cache is None:
             path, filled = self._plain(info, raw_name)
-            _count_use(filled, ahead)
+            count_use(filled, ahead)
             return path, _nothing
         for _ in range(2):
             filled: list[bool] = []
@@ -144,7 +144,7 @@ class ShardFiles:
 
             handle = self._cache.acquire(self.namespace, raw_name, info.raw_bytes, fill, next_use=next_use)
             if filled or self._verified(index, info, handle.path):
-                _count_use(bool(filled), ahead)
+                count_use(bool(filled), ahead)
                 return handle.path, handle.release
             handle.release()
             self._cache.invalidate(self.namespace, raw_name)
@@ -165,34 +165,11 @@ class ShardFiles:
 
     def _plain(self, info: ShardInfo, raw_name: str) -> tuple[str, bool]:
         """The shard's file in the plain directory, and whether it was fetched just now."""
-        final = os.path.join(self._dir, raw_name)
-        try:
-            if os.stat(final).st_size == info.raw_bytes:
-                return final, False
-        except FileNotFoundError:
-            pass
-        tmp = os.path.join(self._dir, temp_name(raw_name))
-        try:
-            self.fill(info, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return final, True
+        return plain_file(self._dir, raw_name, info.raw_bytes, lambda dest: self.fill(info, dest))
 
     def fill(self, info: ShardInfo, dest: str) -> None:
         """Write shard ``info``'s verified raw bytes to ``dest`` (timed and counted as ``fetch.*``)."""
-        started = time.perf_counter()
-        try:
-            self._fill(info, dest)
-        except BaseException:
-            metrics.count("fetch.failures")
-            raise
-        metrics.observe("fetch.latency", time.perf_counter() - started)
-        metrics.count("fetch.shards")
-        metrics.count("fetch.bytes", 0 if self.store.local else info.stored_bytes)
+        counted_fill(lambda: self._fill(info, dest), 0 if self.store.local else info.stored_bytes)
 
     def _fill(self, info: ShardInfo, dest: str) -> None:
         where = self.store.describe(info.name)
@@ -223,7 +200,42 @@ def _count_retry(attempt: int, error: BaseException) -> None:
     metrics.count("fetch.retries")
 
 
-def _count_use(fetched: bool, ahead: bool) -> None:
+def plain_file(directory: str, name: str, size: int, fill: Callable[[str], None]) -> tuple[str, bool]:
+    """``directory/name`` of ``size`` bytes, written by ``fill(temp path)`` and renamed into
+    place when missing (no limit, no eviction); and whether it was written just now."""
+    final = os.path.join(directory, name)
+    try:
+        if os.stat(final).st_size == size:
+            return final, False
+    except FileNotFoundError:
+        pass
+    tmp = os.path.join(directory, temp_name(name))
+    try:
+        fill(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final, True
+
+
+def counted_fill(fill: Callable[[], None], fetched_bytes: int) -> None:
+    """Run ``fill()``, counted and timed as one shard fetch (``fetch.*``)."""
+    started = time.perf_counter()
+    try:
+        fill()
+    except BaseException:
+        metrics.count("fetch.failures")
+        raise
+    metrics.observe("fetch.latency", time.perf_counter() - started)
+    metrics.count("fetch.shards")
+    metrics.count("fetch.bytes", fetched_bytes)
+
+
+def count_use(fetched: bool, ahead: bool) -> None:
+    """Count one acquire: a prefetch (``ahead``), or the reader finding the shard or not."""
     if ahead:
         metrics.count("prefetch.fetched" if fetched else "prefetch.present")
     else:

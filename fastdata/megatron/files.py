@@ -11,16 +11,14 @@ Megatron datasets carry no checksums: a cached range is checked by its size only
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from fastdata import metrics
-from fastdata.atomic import sweep_stale_temps, temp_name
+from fastdata.atomic import sweep_stale_temps
 from fastdata.errors import FastdataIntegrityError
-from fastdata.shard_files import _count_use, default_cache_dir, node_cache
+from fastdata.shard_files import count_use, counted_fill, default_cache_dir, node_cache, plain_file
 from fastdata.storage.download import RetryPolicy, retrying
 from fastdata.storage.remote import Store
 
@@ -96,7 +94,7 @@ class MegatronFiles:
         name = self.names[index]
         if self._cache is None:
             path, filled = self._plain(index, name)
-            _count_use(filled, ahead)
+            count_use(filled, ahead)
             return path, _nothing
         fetched: list[bool] = []
 
@@ -105,38 +103,15 @@ class MegatronFiles:
             fetched.append(True)
 
         handle = self._cache.acquire(self.namespace, name, self.size(index), fill, next_use=next_use)
-        _count_use(bool(fetched), ahead)
+        count_use(bool(fetched), ahead)
         return handle.path, handle.release
 
     def _plain(self, index: int, name: str) -> tuple[str, bool]:
-        final = os.path.join(self._dir, name)
-        try:
-            if os.stat(final).st_size == self.size(index):
-                return final, False
-        except FileNotFoundError:
-            pass
-        tmp = os.path.join(self._dir, temp_name(name))
-        try:
-            self.fill(index, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return final, True
+        return plain_file(self._dir, name, self.size(index), lambda dest: self.fill(index, dest))
 
     def fill(self, index: int, dest: str) -> None:
         """Write shard ``index``'s bytes of the ``.bin`` to ``dest`` (counted as ``fetch.*``)."""
-        started = time.perf_counter()
-        try:
-            self._fill(index, dest)
-        except BaseException:
-            metrics.count("fetch.failures")
-            raise
-        metrics.observe("fetch.latency", time.perf_counter() - started)
-        metrics.count("fetch.shards")
-        metrics.count("fetch.bytes", 0 if self.store.local else self.size(index))
+        counted_fill(lambda: self._fill(index, dest), 0 if self.store.local else self.size(index))
 
     def _fill(self, index: int, dest: str) -> None:
         """Parallel ranged reads, each retried under the policy and checked for its length."""
