@@ -258,3 +258,32 @@ def test_blend_by_weight_is_deterministic_and_resumable(data, tmp_path):
                                        seed=4)
     with pytest.raises(fastdata.FastdataStateError, match="'dataset'"):
         fastdata.DataLoader(reweighted, batch_size=8).load_state_dict(state)
+
+
+@pytest.mark.timeout(60)
+def test_a_node_cache_that_holds_the_working_set_keeps_it_pinned(tmp_path, caplog):
+    """Each process pins the shards its order reads at once when the limit holds them (else
+    shards are opened again and again: 1/20 of local speed in benchmarks/RESULTS.md); a limit
+    below that still works, at the minimum, with a warning naming the limit that would."""
+    import fsspec
+
+    local = packed_dataset(str(tmp_path / "src"), docs=600)
+    fs = fsspec.filesystem("memory")
+    for name in os.listdir(local):
+        with open(os.path.join(local, name), "rb") as f:
+            fs.pipe_file(f"/ws-{tmp_path.name}/{name}", f.read())
+    url = f"memory://ws-{tmp_path.name}"
+    big = fastdata.TokenDataset(url, seq_len=32, batch_size=8, cache_dir=str(tmp_path / "c1"),
+                                cache_limit="1GB")
+    working = big.working_set(big.resolved_world())
+    assert working > 4 and big.data.max_open_shards == working
+    largest = int(big.data.shards.column("raw_bytes").max())
+    with caplog.at_level("WARNING", logger="fastdata.loader.dataset"):
+        tight = fastdata.TokenDataset(url, seq_len=32, batch_size=8, cache_dir=str(tmp_path / "c2"),
+                                      cache_limit=largest * 5)
+    assert tight.data.max_open_shards == 4
+    assert any(f"{largest * (working + 1)} bytes or more" in r.getMessage() for r in caplog.records)
+    expected = ids_of(fastdata.DataLoader(fastdata.TokenDataset(local, seq_len=32, batch_size=8),
+                                          batch_size=8))
+    for ds in (big, tight):
+        assert ids_of(fastdata.DataLoader(ds, batch_size=8)) == expected
