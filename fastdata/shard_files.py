@@ -8,7 +8,9 @@
   worker and job on the node, keyed by the dataset fingerprint.
 
 A file found in a cache was written by someone else: its hash is checked the first time
-this process uses it, and a damaged copy is dropped (with a warning) and fetched again.
+this process uses it, and a damaged copy is dropped (with a warning) and fetched again;
+in the node cache and in the plain directory alike. Cache entries are never symlinks
+(see ``fastdata.storage.plain_cache``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import time
 from collections.abc import Callable
 
 from fastdata import metrics
-from fastdata.atomic import sweep_stale_temps, temp_name
 from fastdata.errors import FastdataConfigError, FastdataIntegrityError
 from fastdata.format.compression import decompress_shard
 from fastdata.format.hashing import hash_file
 from fastdata.format.manifest import Manifest, ShardInfo
 from fastdata.storage.download import RetryPolicy, download
+from fastdata.storage.plain_cache import drop, open_plain_directory, plain_file, private_directory
 from fastdata.storage.remote import Store
 
 log = logging.getLogger(__name__)
@@ -107,9 +109,8 @@ class ShardFiles:
             metrics.gauge("cache.used_bytes", self._cache.usage)
             metrics.gauge("cache.limit_bytes", self.limit)
         else:
-            self._dir = os.path.join(self.root, self.namespace)
-            os.makedirs(self._dir, mode=0o700, exist_ok=True)
-            sweep_stale_temps(self._dir)
+            private_directory(self.root)
+            self._dir = open_plain_directory(os.path.join(self.root, self.namespace))
 
     def __getstate__(self) -> dict:
         """Pickle the settings only: each process opens the cache and checks files itself."""
@@ -132,9 +133,15 @@ class ShardFiles:
             return self.store.path(info.name), _nothing
         raw_name = info.name.removesuffix(".zst")
         if self._cache is None:
-            path, filled = self._plain(info, raw_name)
-            count_use(filled, ahead)
-            return path, _nothing
+            for _ in range(2):
+                path, filled = self._plain(info, raw_name)
+                if filled:
+                    self._mark_checked(index)
+                if filled or self._verified(index, info, path):
+                    count_use(filled, ahead)
+                    return path, _nothing
+                drop(path)
+            raise FastdataIntegrityError(f"{self.store.describe(info.name)}: the cached copy stays damaged")
         for _ in range(2):
             filled: list[bool] = []
 
@@ -143,6 +150,8 @@ class ShardFiles:
                 filled.append(True)
 
             handle = self._cache.acquire(self.namespace, raw_name, info.raw_bytes, fill, next_use=next_use)
+            if filled:
+                self._mark_checked(index)
             if filled or self._verified(index, info, handle.path):
                 count_use(bool(filled), ahead)
                 return handle.path, handle.release
@@ -159,9 +168,13 @@ class ShardFiles:
         except FastdataIntegrityError as e:
             log.warning("dropping damaged cached shard %s: %s", path, e)
             return False
+        self._mark_checked(index)
+        return True
+
+    def _mark_checked(self, index: int) -> None:
+        """Shard ``index``'s file was verified (or written) by this process."""
         with self._lock:
             self._checked.add(index)
-        return True
 
     def _plain(self, info: ShardInfo, raw_name: str) -> tuple[str, bool]:
         """The shard's file in the plain directory, and whether it was fetched just now."""
@@ -198,27 +211,6 @@ class ShardFiles:
 
 def _count_retry(attempt: int, error: BaseException) -> None:
     metrics.count("fetch.retries")
-
-
-def plain_file(directory: str, name: str, size: int, fill: Callable[[str], None]) -> tuple[str, bool]:
-    """``directory/name`` of ``size`` bytes, written by ``fill(temp path)`` and renamed into
-    place when missing (no limit, no eviction); and whether it was written just now."""
-    final = os.path.join(directory, name)
-    try:
-        if os.stat(final).st_size == size:
-            return final, False
-    except FileNotFoundError:
-        pass
-    tmp = os.path.join(directory, temp_name(name))
-    try:
-        fill(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return final, True
 
 
 def counted_fill(fill: Callable[[], None], fetched_bytes: int) -> None:

@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from fastdata.atomic import sweep_stale_temps
 from fastdata.errors import FastdataIntegrityError
-from fastdata.shard_files import count_use, counted_fill, default_cache_dir, node_cache, plain_file
+from fastdata.shard_files import count_use, counted_fill, default_cache_dir, node_cache
 from fastdata.storage.download import RetryPolicy, retrying
+from fastdata.storage.plain_cache import open_plain_directory, plain_file, private_directory
 from fastdata.storage.remote import Store
 
 Release = Callable[[], None]
@@ -61,9 +61,8 @@ class MegatronFiles:
         if self.limit is not None:
             self._cache = node_cache(self.root, self.limit)
         else:
-            self._dir = os.path.join(self.root, self.namespace)
-            os.makedirs(self._dir, mode=0o700, exist_ok=True)
-            sweep_stale_temps(self._dir)
+            private_directory(self.root)
+            self._dir = open_plain_directory(os.path.join(self.root, self.namespace))
 
     def __getstate__(self) -> dict:
         """Pickle the settings only: each process opens the cache itself."""

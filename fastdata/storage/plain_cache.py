@@ -1,0 +1,87 @@
+"""The plain cache directory: ``cache_dir`` without ``cache_limit``.
+
+Files are written once under a temp name and renamed into place; there is no limit and no
+eviction. What makes it safe to reuse a file found there:
+
+* the directories are private: created ``0700``, a symlinked directory or one owned by
+  another user is refused (someone else could plant files in it);
+* an entry that is not a regular file (a symlink, a fifo) is never opened: it is removed and
+  the shard fetched again;
+* the size is checked here; the caller checks the content hash the first time each process
+  uses the file (``fastdata.shard_files``), as for the node cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Callable
+
+from fastdata.atomic import sweep_stale_temps, temp_name
+from fastdata.errors import FastdataCacheError
+
+
+def private_directory(path: str) -> str:
+    """Create ``path`` (mode 0700) or check the existing one is ours; returns ``path``.
+
+    Raises:
+        FastdataCacheError: ``path`` is a symlink, not a directory, or owned by another user.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise FastdataCacheError(
+            f"cache directory {path} is a symlink; fastdata does not follow symlinks in its cache "
+            "(someone could point it at other files): remove it or choose another cache_dir")
+    if not stat.S_ISDIR(st.st_mode):
+        raise FastdataCacheError(f"cache directory {path} exists and is not a directory; choose another "
+                                 "cache_dir")
+    if st.st_uid != os.getuid():
+        raise FastdataCacheError(
+            f"cache directory {path} is owned by uid {st.st_uid}, not this user ({os.getuid()}): "
+            "its files could have been planted; use a directory you own (or chown it)")
+    return path
+
+
+def open_plain_directory(path: str) -> str:
+    """``private_directory(path)`` with stale temp files of dead processes swept."""
+    private_directory(path)
+    sweep_stale_temps(path)
+    return path
+
+
+def plain_file(directory: str, name: str, size: int, fill: Callable[[str], None]) -> tuple[str, bool]:
+    """``directory/name`` of ``size`` bytes, written by ``fill(temp path)`` and renamed into
+    place when missing; and whether it was written just now.
+
+    An entry of the wrong size or type (a symlink is never followed) is removed and written
+    again; the caller verifies the content of a file it did not write.
+    """
+    final = os.path.join(directory, name)
+    try:
+        st = os.lstat(final)
+        if stat.S_ISREG(st.st_mode) and st.st_size == size:
+            return final, False
+        os.unlink(final)
+    except FileNotFoundError:
+        pass
+    tmp = os.path.join(directory, temp_name(name))
+    try:
+        fill(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final, True
+
+
+def drop(path: str) -> None:
+    """Remove a damaged file so that the next use fetches it again."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
