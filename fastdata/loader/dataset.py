@@ -29,6 +29,7 @@ from fastdata.loader.state import StreamState, check_identity, identity_of, pars
 from fastdata.megatron import megatron_prefix, open_megatron
 from fastdata.sampling.blend import BlendOrder
 from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace, Stripe, document_space, packed_space
+from fastdata.storage.remote import redact
 from fastdata.units import parse_size
 from fastdata.world import World
 
@@ -41,6 +42,9 @@ class Source:
 
     url: str
     weight: float | None = None
+
+    def __repr__(self) -> str:  # a SAS query in the URL is a credential
+        return f"Source(url={redact(self.url)!r}, weight={self.weight!r})"
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,12 @@ class TokenDataset(IterableDataset):
     ) -> None:
         super().__init__()
         self.samples = SampleConfig(seq_len=seq_len, **dict(sampling or {}))
-        self.sources = _as_sources(source)
+        given = _as_sources(source)
         self.datasets: list[Dataset] = [
             _open_source(s.url, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
-            for s in self.sources]
+            for s in given]
+        # a SAS query in a URL is a credential: only the opened stores keep it (never pickled)
+        self.sources = [Source(redact(s.url), s.weight) for s in given]
         self.prefetch_cap: int | None = None  # bytes this rank may fetch ahead without crowding the cache
         self._cache_limit = parse_size(cache_limit) if cache_limit is not None else None
         self._cache_world = World.detect(world) if cache_limit is not None else None

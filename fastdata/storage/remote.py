@@ -3,8 +3,8 @@
 This is the only module that imports fsspec. A :class:`Store` is a dataset root (a
 directory or an object-store prefix) with the handful of operations fastdata needs:
 read a small object, publish a file under a name (atomically), fetch a file to local
-disk. Names are single path components checked by the manifest layer; URLs shown in
-messages have their query strings (SAS tokens) removed.
+disk. Names are single path components checked by the manifest layer; a SAS query on the
+dataset URL applies to every object (``fastdata.storage.sas``) and is never shown.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from fastdata.atomic import atomic_output, write_bytes_atomic
 from fastdata.errors import FastdataConfigError, FastdataError, FastdataIntegrityError, FastdataIOError
+from fastdata.storage.sas import split_query
 
 _LOCAL_SCHEMES = ("", "file", "local")
 
@@ -98,6 +99,7 @@ class Store:
         self.display = redact(self.url)
         self.local = is_local(url)
         self.allow_insecure = self.conditional_reads = False
+        self._query = ""  # a SAS query added to every object URL (http/https), never shown
         if self.local:
             self._root = url[len("file://"):] if url.startswith("file://") else url
             self._fs_made = (None, os.getpid(), url, {})
@@ -107,7 +109,9 @@ class Store:
             options = dict(storage_options or {})
             self.allow_insecure = _flag(options.pop("allow_insecure", False)) or (
                 os.environ.get("FASTDATA_ALLOW_INSECURE") == "1")
-            scheme = urlsplit(url).scheme.lower()
+            self.url, options, self._query = split_query(self.url, options, self.display)
+            self.display = redact(self.url)
+            scheme = urlsplit(self.url).scheme.lower()
             endpoint = insecure_endpoint(scheme, self.url, options, os.environ)
             if endpoint is not None and not self.allow_insecure:
                 raise FastdataConfigError(
@@ -118,12 +122,12 @@ class Store:
             self.conditional_reads = scheme in ("http", "https")
             options = _with_defaults(scheme, options)
             try:
-                fs, self._root = fsspec.core.url_to_fs(url, **options)
+                fs, self._root = fsspec.core.url_to_fs(self.url, **options)
             except (ImportError, ValueError) as e:
                 raise FastdataConfigError(f"cannot open {self.display}: {redact(str(e))}") from None
             self._root = self._root.rstrip("/")
             _own_the_retries(fs)
-            self._fs_made = (fs, os.getpid(), url, options)
+            self._fs_made = (fs, os.getpid(), self.url, options)
 
     @property
     def _fs(self) -> Any:
@@ -143,7 +147,9 @@ class Store:
 
     def path(self, name: str) -> str:
         """Local path (for local stores) or fsspec path of ``name`` under the root."""
-        return os.path.join(self._root, name) if self.local else f"{self._root}/{name}"
+        if self.local:
+            return os.path.join(self._root, name)
+        return f"{self._root}/{name}?{self._query}" if self._query else f"{self._root}/{name}"
 
     def describe(self, name: str) -> str:
         """``name`` under the root, as shown in messages (no secrets)."""
