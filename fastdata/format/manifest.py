@@ -25,6 +25,12 @@ from fastdata.format.spec import DTYPE_CODES, MANIFEST_NAME, RAW_SUFFIX, VERSION
 
 _HEX128 = re.compile(r"^[0-9a-f]{32}$")
 _MAX_NAME = 255
+#: Largest size or count a manifest field may hold (256 TiB, 2.8e14 tokens per shard): far
+#: above any real shard, far below where int64 arithmetic on sums and offsets overflows.
+MAX_COUNT = 1 << 48
+#: Largest total (over all shards) of a size or count column.
+MAX_TOTAL = 1 << 62
+_COUNTED = ("stored_bytes", "raw_bytes", "docs", "tokens")
 COMPRESSIONS = (None, "zstd")
 TOKENIZER_KINDS = ("bytes", "huggingface", "tiktoken", "pretokenized")
 
@@ -159,6 +165,9 @@ def _count(obj: Mapping[str, Any], key: str, where: str) -> int:
     value = _require(obj, key, int, where)
     if value < 0:
         raise FastdataFormatError(f"{where}: field {key!r} is negative ({value})")
+    if value > MAX_COUNT:
+        raise FastdataFormatError(f"{where}: field {key!r} is {value}, above the largest accepted "
+                                  f"({MAX_COUNT}); the manifest is corrupt")
     return int(value)
 
 
@@ -299,11 +308,24 @@ def _shard_table(doc: Mapping[str, Any], source: str, compressed: bool,
     actual = xxhash.xxh3_128_hexdigest(memoryview(data))
     if actual != digest:
         raise FastdataFormatError(f"{where}: {name} hashes to {actual}, the manifest says {digest}")
-    return ShardTable(np.frombuffer(data, dtype=RECORD), None, compressed)
+    records = np.frombuffer(data, dtype=RECORD)
+    for column in _COUNTED:
+        bad = np.flatnonzero(records[column] > MAX_COUNT)
+        if len(bad):
+            i = int(bad[0])
+            raise FastdataFormatError(
+                f"{where}: {name} record {i} (byte {i * RECORD.itemsize + RECORD.fields[column][1]}) "
+                f"field {column!r} is {int(records[column][i])}, above the largest accepted ({MAX_COUNT})")
+    return ShardTable(records, None, compressed)
 
 
 def _check_consistency(manifest: Manifest, doc: Mapping[str, Any], source: str) -> None:
     table = manifest.shards
+    for column in _COUNTED:  # float sums: an overflowing integer sum would wrap unseen
+        total = float(np.sum(table.column(column), dtype=np.float64))
+        if total > MAX_TOTAL:
+            raise FastdataFormatError(f"{source}: the shards' {column!r} add up to {total:.3g}, above "
+                                      f"the largest accepted total ({MAX_TOTAL}); the manifest is corrupt")
     compressed = manifest.compression == "zstd"
     if not table.uses_pattern:
         for i in range(len(table)):
