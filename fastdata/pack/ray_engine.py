@@ -27,10 +27,12 @@ and plain tasks give exact control over retries and over which task failed.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -182,9 +184,35 @@ def _connect(ray: Any, config: PackConfig, options: RayOptions) -> bool:
     if options.address:
         ray.init(address=options.address, logging_level=logging.WARNING)
     else:
-        ray.init(address="local", num_cpus=config.workers, include_dashboard=False,
-                 logging_level=logging.WARNING)
+        _init_local(ray, config.workers)
     return True
+
+
+def _init_local(ray: Any, workers: int) -> None:
+    """Start a local Ray whose workers import the installed fastdata.
+
+    Ray puts the driver's working directory first on every worker's ``sys.path``: run from a
+    source checkout, the tree's ``fastdata/`` (without the compiled ``_native``) would shadow
+    the installed package in every task. So Ray starts from an empty directory, and each
+    worker then moves to the caller's, where relative inputs and outputs resolve as here.
+    """
+    here = os.getcwd()
+    empty = tempfile.mkdtemp(prefix="fastdata-ray-")
+    atexit.register(shutil.rmtree, empty, True)  # the local Ray's processes run in it until then
+    os.chdir(empty)
+    try:
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
+                 runtime_env={"worker_process_setup_hook": _chdir_to(here)})
+    finally:
+        os.chdir(here)
+
+
+def _chdir_to(path: str) -> Callable[[], None]:
+    """A worker setup hook. Nested, so Ray ships it by value: loading it imports no fastdata
+    module (which a worker could otherwise find in the wrong place)."""
+    def chdir() -> None:
+        os.chdir(path)
+    return chdir
 
 
 def pack_on_ray(config: PackConfig, options: RayOptions | None = None,
