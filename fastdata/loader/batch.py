@@ -9,6 +9,8 @@ Sample modes (``SampleConfig.mode``):
   boundaries for variable-length attention.
 * ``document`` — sample ``i`` is document ``i``, truncated to ``L + 1`` tokens or padded
   with ``pad_id``; ``attention_mask`` marks the real input tokens.
+* ``bestfit`` — whole documents packed best-fit into ``L + 1`` tokens per epoch
+  (``fastdata.loader.bestfit``, ``fastdata.sampling.bestfit``).
 
 Labels are ``-100`` where no loss is taken: padding, positions past a document's end, and
 (for datasets packed with ``--chat``) tokens whose loss mask is 0. A padding sample (id
@@ -25,11 +27,12 @@ import numpy as np
 from fastdata import metrics
 from fastdata.dataset import Dataset
 from fastdata.errors import FastdataConfigError
-from fastdata.format.reader import gather
-from fastdata.sampling.order import packed_space
+from fastdata.format.reader import gather, permute
+from fastdata.loader.bestfit import BestFitReader
+from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace, packed_space
 
 IGNORE = -100
-MODES = ("packed", "document")
+MODES = ("packed", "document", "bestfit")
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,11 @@ class SampleConfig:
     """How samples are cut from the token stream."""
 
     seq_len: int  #: tokens per sample fed to the model (labels are shifted by one)
-    mode: str = "packed"  #: "packed" or "document"
+    mode: str = "packed"  #: "packed", "document" or "bestfit"
     position_ids: bool = False  #: packed mode: positions restarting at each document
     doc_ids: bool = False  #: packed mode: per-token document ids and ``cu_seqlens``
     pad_id: int | None = None  #: document mode padding id; default the EOS id, else 0
+    pack_window: int = 4096  #: bestfit mode: documents packed together (per shard)
 
     def __post_init__(self) -> None:
         if self.seq_len < 1:
@@ -49,6 +53,13 @@ class SampleConfig:
             raise FastdataConfigError(f"unknown sample mode {self.mode!r}; use one of {MODES}")
         if self.mode == "document" and (self.position_ids or self.doc_ids):
             raise FastdataConfigError("position_ids / doc_ids apply to packed samples only")
+        if self.pack_window < 1:
+            raise FastdataConfigError(f"pack_window must be >= 1 document, got {self.pack_window}")
+
+    @property
+    def order_mode(self) -> str:
+        """The mode as the order's identity names it (bestfit with its window)."""
+        return f"bestfit/{self.pack_window}" if self.mode == "bestfit" else self.mode
 
 
 class BatchAssembler:
@@ -63,6 +74,14 @@ class BatchAssembler:
         self.has_mask = data.manifest.has_loss_mask
         eos = data.tokenizer.eos_id
         self.pad_id = config.pad_id if config.pad_id is not None else (eos if eos is not None else 0)
+        bestfit = config.mode == "bestfit"
+        self.bestfit = BestFitReader(data, config, self.pad_id, self.has_mask) if bestfit else None
+
+    def epoch_order(self, space: SampleSpace, config: OrderConfig, epoch: int, identity: str) -> EpochOrder:
+        """The order of ``epoch`` over ``space``; bestfit orders the epoch's own bins instead."""
+        if self.bestfit is not None:
+            return self.bestfit.order(config, epoch, identity)
+        return EpochOrder(space, config, epoch, identity, permute=permute)
 
     def shards_of(self, sample_ids: np.ndarray) -> np.ndarray:
         """The shards that reading ``sample_ids`` touches, in order of first use."""
@@ -72,10 +91,14 @@ class BatchAssembler:
 
     def shard_of_each(self, sample_ids: np.ndarray) -> np.ndarray:
         """The shard holding each (non-padding) sample."""
+        if self.bestfit is not None:
+            return self.bestfit.shard_of_each(sample_ids)
         starts = self.sample_starts if self.config.mode == "packed" else self.doc_starts
         return np.searchsorted(starts, sample_ids, side="right") - 1
 
     def __call__(self, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
+        if self.bestfit is not None:
+            return self.bestfit(sample_ids)
         if self.config.mode == "packed":
             return self._packed(sample_ids)
         return self._documents(sample_ids)

@@ -107,8 +107,8 @@ class TokenDataset(IterableDataset):
         self.data = self.datasets[0]
         self.space = self.spaces[0] if len(self.spaces) == 1 else _concat(self.spaces)
         self.weights = _weights(self.sources, self.spaces)
-        if self.weights is not None and self.samples.doc_ids:
-            raise FastdataConfigError("doc_ids / cu_seqlens are not available for blends of sources")
+        if self.weights is not None and (self.samples.doc_ids or self.samples.mode == "bestfit"):
+            raise FastdataConfigError("doc_ids / cu_seqlens / bestfit are not for blends of sources")
         self.shuffle, self.seed = shuffle, seed
         self.order_options = order or OrderOptions()
         if batch_size is not None and batch_size < 1:
@@ -153,7 +153,7 @@ class TokenDataset(IterableDataset):
         if order is None:
             fingerprints = [d.manifest.fingerprint for d in self.datasets]
             if self.weights is None:
-                order = EpochOrder(self.space, config, epoch, fingerprints[0], permute=permute)
+                order = self.assembler().epoch_order(self.space, config, epoch, fingerprints[0])
             else:
                 order = BlendOrder(self.spaces, self.weights, config, epoch, fingerprints, permute)
             self._orders = {key: order}
@@ -168,7 +168,7 @@ class TokenDataset(IterableDataset):
         if self.weights is not None:
             dataset = "+".join(f"{d.manifest.fingerprint}*{w:g}" for d, w in zip(self.datasets, self.weights))
         return identity_of(dataset=dataset, seq_len=self.samples.seq_len,
-                           mode=self.samples.mode, seed=c.seed, shuffle=c.shuffle, window=c.window,
+                           mode=self.samples.order_mode, seed=c.seed, shuffle=c.shuffle, window=c.window,
                            global_batch=c.global_batch, partitions=c.partitions, drop_last=c.drop_last)
 
     def steps_per_epoch(self, world: World | None = None) -> int:
