@@ -1,4 +1,5 @@
-"""Deterministic kill points for crash tests (ACCEPTANCE.md, "Deterministic kill points").
+"""Test hooks: deterministic kill points for crash tests (ACCEPTANCE.md, "Deterministic kill
+points") and injected delays (``delay_point``).
 
 ``FASTDATA_TEST_PAUSE=<site>:<n>`` makes the n-th (1-based) arrival at ``site`` write
 ``<site>.ready`` into ``FASTDATA_TEST_PAUSE_DIR`` (default: the working directory) and
@@ -29,3 +30,15 @@ def pause_point(site: str) -> None:
         f.write(str(os.getpid()))
     while True:
         time.sleep(3600)
+
+
+def delay_point(site: str) -> None:
+    """``FASTDATA_TEST_DELAY=<site>:<seconds>`` makes every arrival at ``site`` sleep that long
+    (a slow stage on purpose). Sites: ``gather`` (each batch assembly, on the thread or worker
+    process that assembles; see docs/metrics.md). Unset, it costs one dict lookup."""
+    wanted = os.environ.get("FASTDATA_TEST_DELAY")
+    if not wanted:
+        return
+    name, _, seconds = wanted.partition(":")
+    if name == site:
+        time.sleep(float(seconds))

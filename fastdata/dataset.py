@@ -177,7 +177,8 @@ class Dataset:
         _drop(dropped)
         started = time.perf_counter()
         try:
-            view, release = self._open(index)
+            with metrics.stage("fetch"):  # the download, or the wait for another's (docs/metrics.md)
+                view, release = self._open(index)
         except BaseException:
             with self._lock:
                 self._opening -= 1

@@ -7,6 +7,11 @@ loop waited for data (see ``fastdata.DataLoader.metrics``). DataLoader worker pr
 send their increments to the main process with the batches, so the main process's
 figures include theirs.
 
+Stages (:func:`stage`, :func:`making`): the loader times the making of each batch on the
+thread that makes it, and the layers below mark the parts of that work that are fetch,
+verify or decompress; the loader splits the training loop's wait by them (see
+``fastdata.loader.stalls`` and docs/metrics.md, "Where the wait goes").
+
 Recording costs a lock and a dict update (well under a microsecond); nothing here is
 per-token. Names are dotted (``fetch.bytes``); timings are kept in log-spaced buckets, so
 p50/p99 cost O(1) memory whatever the run length.
@@ -14,9 +19,11 @@ p50/p99 cost O(1) memory whatever the run length.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -164,6 +171,77 @@ def delta(now: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
         timings[name] = values if old is None else [a - b for a, b in zip(values, old)]
     return {"counters": {k: v for k, v in counters.items() if v},
             "timings": {k: v for k, v in timings.items() if v[0]}}
+
+
+#: Where a batch's wait can go (``loader.wait.<stage>.seconds``): the first four are parts of
+#: making the batch, ``queue`` the rest of the wait (docs/metrics.md, "Where the wait goes").
+STAGES = ("fetch", "verify", "decompress", "gather", "queue")
+_STAGE_INDEX = {name: i for i, name in enumerate(STAGES[:3])}
+_local = threading.local()
+
+
+class StageClock:
+    """Exclusive seconds of fetch, verify and decompress in the work one thread does for a batch
+    (or a chunk of batches), between ``started`` and ``ended`` (``time.perf_counter``)."""
+
+    __slots__ = ("started", "ended", "seconds", "_open")
+
+    def __init__(self) -> None:
+        self.started = self.ended = 0.0
+        self.seconds = [0.0, 0.0, 0.0]
+        self._open: list[list[float]] = []  # [stage index, start, time of nested stages]
+
+    def fractions(self) -> tuple[float, float, float, float]:
+        """Shares of the making time spent in fetch, verify, decompress, and gather (the rest)."""
+        total = self.ended - self.started
+        if total <= 0:
+            return (0.0, 0.0, 0.0, 1.0)
+        f, v, d = (min(1.0, s / total) for s in self.seconds)
+        return (f, v, d, max(0.0, 1.0 - f - v - d))
+
+
+class _Timed:
+    __slots__ = ("clock", "index")
+
+    def __init__(self, clock: StageClock, index: int) -> None:
+        self.clock, self.index = clock, index
+
+    def __enter__(self) -> None:
+        self.clock._open.append([self.index, time.perf_counter(), 0.0])
+
+    def __exit__(self, *exc: object) -> None:
+        index, started, nested = self.clock._open.pop()
+        spent = time.perf_counter() - started
+        self.clock.seconds[index] += max(0.0, spent - nested)
+        if self.clock._open:
+            self.clock._open[-1][2] += spent
+
+
+_NOT_TIMED = contextlib.nullcontext()
+
+
+def stage(name: str) -> contextlib.AbstractContextManager[None]:
+    """``with stage("fetch"):`` marks work of a stage (``fetch``, ``verify``, ``decompress``) for
+    the batch this thread is making; outside :func:`making` it costs an attribute lookup.
+    Nested stages are exclusive: a verify inside a fetch is not fetch time."""
+    clock = getattr(_local, "clock", None)
+    if clock is None:
+        return _NOT_TIMED
+    return _Timed(clock, _STAGE_INDEX[name])
+
+
+@contextlib.contextmanager
+def making() -> Iterator[StageClock]:
+    """Time the making of a batch (or chunk) on this thread: the clock's ``started``/``ended``
+    and what :func:`stage` marked inside."""
+    clock, saved = StageClock(), getattr(_local, "clock", None)
+    _local.clock = clock
+    clock.started = time.perf_counter()
+    try:
+        yield clock
+    finally:
+        clock.ended = time.perf_counter()
+        _local.clock = saved
 
 
 #: This process's figures.

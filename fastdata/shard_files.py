@@ -79,7 +79,8 @@ def check_file(path: str, size: int, digest: str, where: str) -> None:
         actual_size = None
     if actual_size != size:
         raise FastdataIntegrityError(f"{where}: size is {actual_size} bytes, the manifest says {size}")
-    actual = hash_file(path)
+    with metrics.stage("verify"):
+        actual = hash_file(path)
     if actual != digest:
         raise mismatch(where, digest, actual)
 
@@ -204,7 +205,8 @@ class ShardFiles:
             else:
                 download(self.store, info.name, packed, info.stored_bytes, info.xxh3_128, self.policy,
                          on_retry=_count_retry)
-            out = decompress_shard(packed, dest, info.raw_bytes, atomic=False)
+            with metrics.stage("decompress"):
+                out = decompress_shard(packed, dest, info.raw_bytes, atomic=False)
             if out.xxh3_128 != info.raw_xxh3_128:
                 raise mismatch(f"{where} (decompressed)", info.raw_xxh3_128, out.xxh3_128)
 
@@ -217,7 +219,8 @@ def counted_fill(fill: Callable[[], None], fetched_bytes: int) -> None:
     """Run ``fill()``, counted and timed as one shard fetch (``fetch.*``)."""
     started = time.perf_counter()
     try:
-        fill()
+        with metrics.stage("fetch"):
+            fill()
     except BaseException:
         metrics.count("fetch.failures")
         raise

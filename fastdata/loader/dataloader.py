@@ -27,7 +27,9 @@ import torch
 from fastdata import metrics
 from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.loader.dataset import TokenDataset
+from fastdata.loader.job_view import job_view
 from fastdata.loader.prefetch import Prefetcher
+from fastdata.loader.stalls import Made, Stalls, made, shares
 from fastdata.loader.state import StreamState, check_identity, parse_state
 from fastdata.sampling.order import EpochOrder, Stripe
 from fastdata.world import World
@@ -38,8 +40,9 @@ BACKENDS = ("threads", "processes")
 
 
 class _StepStream(torch.utils.data.IterableDataset):
-    """What worker processes iterate: (step, batch, metrics) of the steps in their lane, where
-    metrics is what this worker's figures grew by since it last sent them (or None)."""
+    """What worker processes iterate: (step, batch, metrics, made) of the steps in their lane,
+    where metrics is what this worker's figures grew by since it last sent them (or None) and
+    made the record of the batch's making (``fastdata.loader.stalls``)."""
 
     #: Seconds between two metric updates from a worker (and one with its last batch).
     report_every = 0.25
@@ -47,7 +50,7 @@ class _StepStream(torch.utils.data.IterableDataset):
     def __init__(self, dataset: TokenDataset, world: World, epoch: int, start: int) -> None:
         self.dataset, self.world, self.epoch, self.start = dataset, world, epoch, start
 
-    def __iter__(self) -> Iterator[tuple[int, dict[str, torch.Tensor], dict | None]]:
+    def __iter__(self) -> Iterator[tuple[int, dict[str, torch.Tensor], dict | None, Made]]:
         worker, num_workers = World.current_worker()
         order = self.dataset.epoch_order(self.epoch, self.world)
         stripe = Stripe.of(order.config.global_batch, self.world.rank, self.world.world_size,
@@ -55,12 +58,13 @@ class _StepStream(torch.utils.data.IterableDataset):
         sent, sent_at = metrics.registry.export(), time.monotonic()  # a forked worker inherits figures
         steps = stripe.steps(self.start, order.num_steps)
         for i, step in enumerate(steps):
-            batch = {k: torch.from_numpy(v) for k, v in self.dataset.batch(order, stripe, step).items()}
+            arrays, record = made(lambda step=step: self.dataset.batch(order, stripe, step))
+            batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
             update = None
             if i == len(steps) - 1 or time.monotonic() - sent_at >= self.report_every:
                 now = metrics.registry.export()
                 update, sent, sent_at = metrics.delta(now, sent), now, time.monotonic()
-            yield step, batch, update
+            yield step, batch, update, record
 
 
 class DataLoader:
@@ -110,6 +114,8 @@ class DataLoader:
         self.log_every = log_every
         self._stats = metrics.Registry()  # this loader's step timings, and its workers' figures
         self._buffer: tuple[list, list, list] = ([], [], [])  # tokens, waits, steps not yet in _stats
+        self._stalls = Stalls()  # the waits per stage, not yet in _stats
+        self._compute = 0.0  # the loop's own seconds between batches, not yet in _stats
         self._started: float | None = None  # when the training loop first asked for a batch
 
     def __len__(self) -> int:
@@ -156,22 +162,22 @@ class DataLoader:
         """Where the time goes, as a flat ``{name: number}`` snapshot (seconds, bytes, counts).
 
         ``loader.*`` is measured where the training loop calls ``next()``: ``loader.wait`` is
-        the time it waited for each batch after the first (p50/p99), ``loader.step`` the time
-        between two ``next()`` calls, ``loader.data_wait_share`` their ratio, and
-        ``loader.first_batch`` the wait for each iterator's first batch. ``fetch.*``,
+        the time it waited for each batch, first batches included (p50/p99), split by stage
+        into ``loader.wait.<stage>.seconds`` (``fastdata.metrics.STAGES``), ``loader.step``
+        the time between two ``next()`` calls, ``loader.data_wait_share`` the share of the
+        loop's time spent waiting, ``loader.first_batch`` the wait for each iterator's first
+        batch and ``loader.data_wait_share.steady`` the share without those. ``fetch.*``,
         ``cache.*``, ``prefetch.*`` and ``reader.*`` come from this process and its worker
         processes (every dataset the process reads). See ``docs/metrics.md``.
 
         With ``all_ranks=True`` every rank of the process group must call this at the same
         time; ``job.*`` figures then hold the whole job's view, with ``job.slowest_rank`` the
-        rank that waited longest for data.
+        rank that waited longest for data and ``job.slowest_rank.stage`` its dominant stage.
         """
         self._flush()
         snap = metrics.combined(metrics.registry, self._stats)
         elapsed = time.perf_counter() - self._started if self._started is not None else 0.0
-        stepped = snap.get("loader.step.seconds", 0.0)
-        if stepped:
-            snap["loader.data_wait_share"] = snap.get("loader.wait.seconds", 0.0) / stepped
+        snap.update(shares(snap))
         if elapsed > 0:
             snap["loader.tokens_per_second"] = snap.get("loader.tokens", 0.0) / elapsed
             snap["fetch.mb_per_s"] = snap.get("fetch.bytes", 0.0) / elapsed / 1e6
@@ -180,29 +186,37 @@ class DataLoader:
         if looked_up:
             snap["cache.hit_rate"] = snap.get("cache.hits", 0.0) / looked_up
         if all_ranks:
-            snap.update(_job_view(snap))
+            snap.update(job_view(snap))
         return snap
 
-    def _record(self, waited: float, first: bool, step_before: float | None,
-                batch: Mapping[str, torch.Tensor]) -> None:
-        """One batch's figures: its wait, and the previous step's time (None after the first).
-        Kept in plain lists (only the training loop's thread writes them) and folded into the
-        registry every 1,024 batches and by metrics(): a list append per batch, no lock."""
+    def _record(self, asked: float, got: float, first: bool, step_before: float | None,
+                batch: Mapping[str, torch.Tensor], record: Made) -> None:
+        """One batch's figures: its wait (from ``asked`` to ``got``) split by stage, and the
+        previous step's time (None for an iterator's first batch). Kept in plain lists and
+        floats (only the training loop's thread writes them) and folded into the registry
+        every 1,024 batches and by metrics(): list appends per batch, no lock."""
+        waited = got - asked
         self._buffer[0].append(batch["input_ids"].numel() if "input_ids" in batch else 0)
+        self._buffer[1].append(waited)
         if first:
             self._stats.observe("loader.first_batch", waited)
-        else:
-            self._buffer[1].append(waited)
         if step_before is not None:
             self._buffer[2].append(step_before)
+        self._stalls.add(asked, got, record)
         if len(self._buffer[0]) >= 1024:
             self._flush()
 
     def _flush(self) -> None:
         tokens, waits, steps = self._buffer
         self._buffer = ([], [], [])
+        counts = self._stalls.take()
+        if self._compute:
+            counts.append(("loader.compute.seconds", self._compute))
+            self._compute = 0.0
         if tokens:
-            self._stats.record((("loader.batches", len(tokens)), ("loader.tokens", sum(tokens))))
+            counts += [("loader.batches", len(tokens)), ("loader.tokens", sum(tokens))]
+        if counts:
+            self._stats.record(counts)
         self._stats.observe_many("loader.wait", waits)
         self._stats.observe_many("loader.step", steps)
 
@@ -237,21 +251,22 @@ class DataLoader:
         source = (self._threaded(order, start) if self.backend == "threads" or self.num_workers == 0
                   else self._processes(epoch, start))
         # A step runs from one next() to the following one: the loop's own work plus the wait.
-        # Each is recorded with the next batch (one lock per batch); the first is left out.
+        # Each is recorded with the next batch; every wait counts, the first batch's too.
         asked, previous, first = time.perf_counter(), None, True
         if self._started is None:
             self._started = asked
         try:
-            for step, batch in source:
+            for step, batch, record in source:
                 if generation != self._generation:
                     raise FastdataStateError("this iterator was replaced by load_state_dict(); "
                                              "call iter(loader) again")
                 self._position = (epoch, step + 1)
                 got = time.perf_counter()
-                self._record(got - asked, first, None if previous is None else asked - previous, batch)
+                self._record(asked, got, first, None if previous is None else asked - previous, batch,
+                             record)
                 yield batch
-                previous = None if first else asked
-                asked, first = time.perf_counter(), False
+                previous, asked, first = asked, time.perf_counter(), False
+                self._compute += asked - got
                 if self.log_every:
                     self._log(step)
         finally:
@@ -259,19 +274,23 @@ class DataLoader:
             if close is not None:
                 close()
 
-    def _make(self, order: EpochOrder, stripe: Stripe, steps: range) -> list[dict[str, torch.Tensor]]:
-        batches = []
-        for arrays in self.dataset.batches(order, stripe, steps):
-            batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
-            batches.append({k: v.pin_memory() for k, v in batch.items()} if self.pin_memory else batch)
-        return batches
+    def _make(self, order: EpochOrder, stripe: Stripe, steps: range
+              ) -> tuple[list[dict[str, torch.Tensor]], Made]:
+        def make() -> list[dict[str, torch.Tensor]]:
+            batches = []
+            for arrays in self.dataset.batches(order, stripe, steps):
+                batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+                batches.append({k: v.pin_memory() for k, v in batch.items()} if self.pin_memory else batch)
+            return batches
+
+        return made(make)
 
     def _chunk_steps(self) -> int:
         """Steps assembled together: about 4 MiB of tokens, so per-batch overhead stays small."""
         row = (self.dataset.samples.seq_len + 1) * 8 * self.batch_size
         return max(1, min(64, (4 << 20) // row))
 
-    def _threaded(self, order: EpochOrder, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    def _threaded(self, order: EpochOrder, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor], Made]]:
         stripe = Stripe.of(order.config.global_batch, self.world.rank, self.world.world_size)
         prefetcher = None
         budget = self.prefetch_bytes
@@ -282,24 +301,25 @@ class DataLoader:
                                     lambda lo, hi: self.dataset.first_uses(order, stripe, lo, hi),
                                     self.dataset.fetch_shard, budget)
         try:
-            for step, batch in self._assembled(order, stripe, start):
+            for step, batch, record in self._assembled(order, stripe, start):
                 if prefetcher is not None:
                     prefetcher.advance(step)
-                yield step, batch
+                yield step, batch, record
         finally:
             if prefetcher is not None:
                 prefetcher.close()
 
     def _assembled(self, order: EpochOrder, stripe: Stripe, start: int
-                   ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+                   ) -> Iterator[tuple[int, dict[str, torch.Tensor], Made]]:
         chunks = _chunks(start, order.num_steps, self._chunk_steps())
         if self.num_workers == 0:
             for steps in chunks:
-                yield from zip(steps, self._make(order, stripe, steps))
+                batches, record = self._make(order, stripe, steps)
+                yield from ((step, batch, record) for step, batch in zip(steps, batches))
             return
         threads = 1 if self.dataset.keeps_few_shards else self.num_workers
         pool = ThreadPoolExecutor(threads, thread_name_prefix="fastdata-loader")
-        window: deque[tuple[range, Future[list[dict[str, torch.Tensor]]]]] = deque()
+        window: deque[tuple[range, Future[tuple[list[dict[str, torch.Tensor]], Made]]]] = deque()
         in_flight = max(2, -(-self.prefetch // self._chunk_steps()))
         try:
             for steps in chunks:
@@ -308,17 +328,17 @@ class DataLoader:
                     break
             while window:
                 steps, future = window.popleft()
-                batches = future.result()
+                batches, record = future.result()
                 following = next(chunks, None)
                 if following is not None:
                     window.append((following, pool.submit(self._make, order, stripe, following)))
-                yield from zip(steps, batches)
+                yield from ((step, batch, record) for step, batch in zip(steps, batches))
         finally:
             for _, future in window:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _processes(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    def _processes(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor], Made]]:
         loader = torch.utils.data.DataLoader(
             _StepStream(self.dataset, self.world, epoch, start), batch_size=None,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
@@ -326,10 +346,10 @@ class DataLoader:
         )
         iterator = iter(loader)
         try:
-            for step, batch, update in iterator:
+            for step, batch, update, record in iterator:
                 if update:
                     self._stats.merge(update)
-                yield step, batch
+                yield step, batch, record
         finally:
             # Stop the workers now, even when a worker died: torch only does it when its
             # iterator is garbage, and a traceback can keep that alive while torch's SIGCHLD
@@ -348,30 +368,3 @@ def _chunks(start: int, stop: int, largest: int) -> Iterator[range]:
         s += size
         size = min(size * 2, largest)
 
-
-#: Figures gathered from every rank by ``metrics(all_ranks=True)``.
-_JOB_KEYS = ("loader.data_wait_share", "loader.wait.seconds", "loader.tokens_per_second", "fetch.bytes",
-             "fetch.retries", "cache.hits", "cache.misses")
-
-
-def _job_view(snap: Mapping[str, float]) -> dict[str, float]:
-    """``job.*`` figures over every rank (one all-gather); this rank's alone without a group."""
-    import torch.distributed as dist
-
-    mine = torch.tensor([float(snap.get(k, 0.0)) for k in _JOB_KEYS], dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        if dist.get_backend() == "nccl":
-            mine = mine.cuda()
-        parts = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, mine)
-        table = torch.stack(parts).cpu()
-    else:
-        table = mine.reshape(1, -1)
-    share, wait, tps, fetched, retries, hits, misses = table.T
-    out = {"job.ranks": float(len(table)), "job.slowest_rank": float(int(torch.argmax(wait))),
-           "job.data_wait_share.max": float(share.max()), "job.data_wait_share.mean": float(share.mean()),
-           "job.tokens_per_second": float(tps.sum()), "job.fetch.bytes": float(fetched.sum()),
-           "job.fetch.retries": float(retries.sum())}
-    if float((hits + misses).sum()):
-        out["job.cache.hit_rate"] = float(hits.sum() / (hits + misses).sum())
-    return out

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import xxhash
 
+from fastdata import metrics
 from fastdata._testing import pause_point
 from fastdata.errors import (
     FastdataCacheError,
@@ -171,7 +172,8 @@ def download(store: Store, name: str, dest: str, size: int, digest: str,
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            actual = _hash(dest)
+            with metrics.stage("verify"):
+                actual = _hash(dest)
             if actual != digest:
                 raise FastdataIntegrityError(
                     f"{store.describe(name)}: xxh3_128 is {actual}, the manifest says {digest} "
