@@ -1,0 +1,47 @@
+"""Child process for tests/test_dcp.py: one rank of a gloo job that saves or loads the loader
+with ``torch.distributed.checkpoint``.
+
+Run as ``python -P tests/_dcp_worker.py CONFIG.json`` under tests/_jobs.py. Every rank reads
+``steps`` micro-batches of ``global_batch / WORLD_SIZE`` samples; with ``mode`` "save" it then
+saves ``{"loader": loader}`` to ``checkpoint``, with "load" it first loads it. It writes the
+sample ids of its batches, in order, to ``result-RANK.json``.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import sys
+from datetime import timedelta
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+import fastdata
+
+
+def main() -> None:
+    faulthandler.dump_traceback_later(100, exit=True)
+    cfg = json.loads(open(sys.argv[1]).read())
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", init_method=f"file://{cfg['init_file']}", rank=rank,
+                            world_size=world_size, timeout=timedelta(seconds=60))
+    ds = fastdata.TokenDataset(cfg["dataset"], seq_len=32, seed=1)
+    loader = fastdata.DataLoader(ds, batch_size=cfg["global_batch"] // world_size, num_workers=1)
+    if cfg["mode"] == "load":
+        dcp.load({"loader": loader}, checkpoint_id=cfg["checkpoint"])
+    ids: list[list[int]] = []
+    for batch in loader:
+        ids.append(batch["sample_ids"].tolist())
+        if len(ids) == cfg["steps"]:
+            break
+    if cfg["mode"] == "save":
+        dcp.save({"loader": loader}, checkpoint_id=cfg["checkpoint"])
+    with open(os.path.join(cfg["out"], f"result-{rank}.json"), "w") as f:
+        json.dump({"ids": ids, "state": loader.state_dict()}, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
