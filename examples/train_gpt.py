@@ -10,7 +10,10 @@ One process per device: DDP over NCCL on GPUs (batches in pinned memory, copied 
 global batch, so there is no DistributedSampler. The checkpoint holds the model, the
 optimizer, the step and ``loader.state_dict()`` (a few hundred bytes, the same on every
 rank); rank 0 writes it atomically, and ``--resume`` continues with exactly the batches an
-uninterrupted run would have seen. ``--data`` may be a URL (``abfs://``, ``az://``, ``s3://``):
+uninterrupted run would have seen. With ``--dcp`` the checkpoint is a
+``torch.distributed.checkpoint`` directory instead, written by every rank (the loader is a
+DCP ``Stateful``: ``dcp.save({"train": ..., "loader": loader})``); it loads on any number of
+ranks with the same global batch. ``--data`` may be a URL (``abfs://``, ``az://``, ``s3://``):
 Azure credentials then come from the environment (see ``storage_options_from_env``).
 
 The model, the batch digest and the throughput meter are shared by the other examples.
@@ -205,12 +208,52 @@ def save_checkpoint(out: str, step: int, state: dict, keep: int = 2) -> None:
         os.remove(old)
 
 
-def checkpoints(out: str) -> list[str]:
-    """The finished checkpoints in ``out``, oldest first."""
+def checkpoints(out: str, dcp: bool = False) -> list[str]:
+    """The finished checkpoints in ``out``, oldest first (``step-N.pt``, or ``dcp-step-N``)."""
     if not os.path.isdir(out):
         return []
-    names = sorted(n for n in os.listdir(out) if n.startswith("step-") and n.endswith(".pt"))
+    if dcp:
+        names = sorted(n for n in os.listdir(out) if n.startswith("dcp-step-") and not n.endswith(".tmp"))
+    else:
+        names = sorted(n for n in os.listdir(out) if n.startswith("step-") and n.endswith(".pt"))
     return [os.path.join(out, n) for n in names]
+
+
+class TrainState:
+    """Model, optimizer and step as one DCP ``Stateful`` (FQN-keyed, so any number of ranks
+    can load it)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int = 0) -> None:
+        self.model, self.optimizer, self.step = model, optimizer, step
+
+    def state_dict(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model, optimizer = get_state_dict(self.model, self.optimizer)
+        return {"model": model, "optimizer": optimizer, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])
+        self.step = state["step"]
+
+
+def save_dcp(out: str, train: TrainState, loader: fastdata.DataLoader, rank: int, keep: int = 2) -> None:
+    """Every rank writes its part of ``out/dcp-step-<step>`` (collective); rank 0 then renames
+    the finished directory into place and drops all but the ``keep`` newest."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+
+    path = os.path.join(out, f"dcp-step-{train.step:08d}")
+    dcp.save({"train": train, "loader": loader}, checkpoint_id=f"{path}.tmp")
+    if rank == 0:
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(f"{path}.tmp", path)
+        for old in checkpoints(out, dcp=True)[:-keep]:
+            shutil.rmtree(old)
 
 
 # --------------------------------------------------------------------------- training
@@ -226,6 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", help="node-local cache for remote or compressed shards")
     p.add_argument("--cache-limit", help="bytes the node cache may hold, e.g. 400GB")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--dcp", action="store_true",
+                   help="checkpoint with torch.distributed.checkpoint (out/dcp-step-<N>/, every rank writes)")
     add_model_args(p)
     return p.parse_args(argv)
 
@@ -257,8 +302,17 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(args, ds.data.manifest.tokenizer.vocab_size).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
 
-    step, saved = 0, checkpoints(args.out)
-    if args.resume and saved:
+    step, saved = 0, checkpoints(args.out, dcp=args.dcp)
+    if args.resume and saved and args.dcp:
+        import torch.distributed.checkpoint as dcp
+
+        train = TrainState(model, optimizer)
+        dcp.load({"train": train, "loader": loader}, checkpoint_id=saved[-1])
+        step = train.step
+        if rank == 0:
+            data = loader.state_dict()
+            print(f"resumed at step {step}, data at {data['epoch']}:{data['step']} (DCP)")
+    elif args.resume and saved:
         state = torch.load(saved[-1], map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -292,7 +346,10 @@ def main(argv: list[str] | None = None) -> None:
         meter.steps += 1
         if rank == 0 and (step % args.log_every == 0 or step == args.steps):
             print(f"step {step}: loss {loss.item():.4f}", flush=True)
-        if rank == 0 and (step % args.ckpt_every == 0 or step == args.steps):
+        if args.dcp and (step % args.ckpt_every == 0 or step == args.steps):
+            raw = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+            save_dcp(args.out, TrainState(raw, optimizer, step), loader, rank)
+        elif rank == 0 and (step % args.ckpt_every == 0 or step == args.steps):
             # loader.state_dict() points at the next batch; it is the same on every rank.
             raw = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
             save_checkpoint(args.out, step, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),

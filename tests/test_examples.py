@@ -140,6 +140,71 @@ def test_train_gpt_under_torchrun_resumes_exactly(packed, pretrained, tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_train_gpt_with_dcp_checkpoints_resumes_exactly(packed, pretrained, tmp_path):
+    """--dcp: torch.distributed.checkpoint directories written by both ranks; the same training
+    as with torch.save, and a new job resumed from the step-4 one continues bit-identically."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    straight = pretrained["log"]
+    run_dir = tmp_path / "run"
+    torchrun("train_gpt.py", "--data", packed["web"], "--out", run_dir, "--steps", "8", "--ckpt-every", "4",
+             "--dcp", "--log-batches", tmp_path / "run.log", *MODEL)
+    assert read_log(tmp_path / "run.log") == straight  # the same batches and losses as with torch.save
+    assert sorted(os.listdir(run_dir)) == ["dcp-step-00000004", "dcp-step-00000008"]
+    assert (run_dir / "dcp-step-00000004" / ".metadata").exists()
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(run_dir / "dcp-step-00000004", resumed / "dcp-step-00000004")
+    out = torchrun("train_gpt.py", "--data", packed["web"], "--out", resumed, "--steps", "8",
+                   "--ckpt-every", "4", "--dcp", "--resume", "--log-batches", tmp_path / "resumed.log",
+                   *MODEL)
+    assert "resumed at step 4, data at 0:4 (DCP)" in out
+    assert read_log(tmp_path / "resumed.log") == straight[4:]
+
+    dcp_to_torch_save(resumed / "dcp-step-00000008", tmp_path / "b.pt")
+    a = torch.load(pretrained["dir"] / "step-00000008.pt", weights_only=True)
+    b = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert b["train"]["step"] == 8 and b["loader"] == a["data"]
+    assert a["model"].keys() == b["train"]["model"].keys()
+    assert all(torch.equal(a["model"][k], b["train"]["model"][k]) for k in a["model"])
+
+
+def test_quickstart_trains_through_the_node_cache_and_resumes_exactly(tmp_path):
+    """README command 1: pack, publish to a URL, train via the node cache, resume in a new process."""
+    demo = tmp_path / "demo"
+    out = run(EXAMPLES / "quickstart.py", demo, timeout=150)
+    straight, resumed = read_log(demo / "train.jsonl"), read_log(demo / "resumed.jsonl")
+    assert [line["step"] for line in straight] == list(range(40))
+    # Process 1 trained on exactly fastdata's order of the packed dataset (read here, in place).
+    loader = fastdata.DataLoader(fastdata.TokenDataset(str(demo / "stdlib"), seq_len=128, seed=0),
+                                 batch_size=8, num_workers=0)
+    expected = [batch["sample_ids"].tolist() for _, batch in zip(range(40), loader)]
+    assert [line["sample_ids"] for line in straight] == expected
+    assert resumed == straight[20:]  # the fresh process: the same batches and bit-identical losses
+    assert f"resumed       step 20 sample ids: {expected[20]}" in out and "exact resume: OK" in out
+    cold = json.loads((demo / "train.json").read_text())["metrics"]
+    warm = json.loads((demo / "resumed.json").read_text())["metrics"]
+    assert cold["fetch.shards"] == 12 and cold["cache.misses"] > 0  # every shard came over HTTP once
+    assert warm.get("fetch.bytes", 0) == 0 and warm["cache.hit_rate"] == 1.0  # the node cache kept them
+    assert re.search(r"process 1, cold node cache, steps 0-39: +[\d,]+ tokens/s, data-wait [\d.]+ %, "
+                     r"cache hit [\d.]+ %", out)
+    assert (demo / "bench.png").stat().st_size > 1000 and f"fastdata bench plot: {demo / 'bench.png'}" in out
+
+
+def test_quickstart_fails_when_the_resumed_batches_differ(tmp_path):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import quickstart
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    straight = [{"step": i, "sample_ids": [2 * i, 2 * i + 1], "loss": 1.0 / (i + 1)} for i in range(40)]
+    assert quickstart.check_resume(straight, straight[20:])
+    assert not quickstart.check_resume(straight, straight[21:] + straight[:1])  # one batch off
+    assert not quickstart.check_resume(straight, [dict(line, loss=0.5) for line in straight[20:]])
+
+
 def test_finetune_chat_trains_only_assistant_turns(packed, pretrained, tmp_path):
     out = run(EXAMPLES / "finetune_chat.py", "--data", packed["chat"], "--init", pretrained["dir"],
               "--out", tmp_path / "ft", "--steps", "5", "--log-batches", tmp_path / "ft.log", *MODEL)
