@@ -153,7 +153,8 @@ def test_fresh_root_is_private_and_a_second_acquire_hits(tmp_path):
     cache.close()
     cache.close()
     assert sorted(os.listdir(root)) == [DB_DIR, "ns"]
-    assert sorted(os.listdir(root / DB_DIR)) == ["data.mdb", "lock.mdb"]  # LMDB's own, nothing else
+    # LMDB's data, its transaction lock and the holders' leases (storage/leases.py), nothing else
+    assert sorted(os.listdir(root / DB_DIR)) == ["data.mdb", "leases", "txn.lock"]
     assert listing(root) == ["s1"]
 
 
@@ -455,20 +456,31 @@ def test_a_second_publisher_neither_corrupts_nor_double_counts(tmp_path, caplog)
 
 
 @pytest.mark.timeout(20)
-def test_a_reused_pid_is_not_the_old_holder(tmp_path):
+def test_a_holder_is_alive_exactly_while_it_holds_its_lease(tmp_path, workers):
+    """Liveness is the lease lock, not the pid: a pin recorded under this very pid but without
+    a held lease (a dead process whose pid was reused) is dropped; a live process's pin stays."""
     root = tmp_path / "root"
     with NodeCache(str(root), 1000) as cache:
         acquire(cache, "s0", 100, []).release()
+    holder = workers.start("holder", {"root": str(root), "limit": 1000, "shards": [["ns", "s0", 100]],
+                                      "hold": True, "release": str(tmp_path / "release")})
+    workers.wait_file(holder, "held")
+    leases_dir = root / DB_DIR / "leases"
+    unlocked = struct.pack(">IQ", os.getpid(), 12345)  # a lease file nobody holds
+    (leases_dir / unlocked.hex()).touch()
     env = lmdb.open(str(root / DB_DIR), max_dbs=8)
     with env.begin(write=True) as txn:
         pins = env.open_db(b"pins", txn=txn)
-        earlier_me = struct.pack(">IQ", os.getpid(), cache_mod._proc_start(os.getpid()) - 1)
-        parent = struct.pack(">IQ", os.getppid(), cache_mod._proc_start(os.getppid()))
-        for holder in (earlier_me, parent):
-            txn.put(b"ns\0s0\0" + holder, struct.pack(">Q", 1), db=pins)
+        for dead in (struct.pack(">IQ", os.getpid(), 1), unlocked):  # same pid as this process
+            txn.put(b"ns\0s0\0" + dead, struct.pack(">Q", 1), db=pins)
     env.close()
-    with NodeCache(str(root), 1000) as cache:  # reconcile: the parent is alive, the earlier process is not
-        assert cache.stats()["pins"] == 1
+    with NodeCache(str(root), 1000) as cache:  # reconcile on open
+        assert cache.stats()["pins"] == 1  # the worker's
+        assert not (leases_dir / unlocked.hex()).exists()
+    (tmp_path / "release").touch()
+    assert workers.result(holder)["errors"] == []
+    with NodeCache(str(root), 1000) as cache:
+        assert cache.stats()["pins"] == 0
 
 
 @pytest.mark.timeout(20)
@@ -769,3 +781,47 @@ def test_f1_disk_full_names_root_needed_and_free_bytes(tmp_path, workers):
     assert res["listing"] == {"ns": ["s00"]}  # no temp file left
     assert res["intact"] == {"s00": True}
     assert res["usage"] == size
+
+
+def _pid_namespaces_work(tmp_path: Path) -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-Urpf", "--mount-proc", "sh", "-c", "echo $$"], capture_output=True,
+                           text=True, timeout=20)
+    return probe.returncode == 0 and probe.stdout.strip() == "1"
+
+
+@pytest.mark.timeout(60)
+def test_containers_in_separate_pid_namespaces_keep_each_others_fills_and_pins(tmp_path, workers):
+    """Audit §5.1: three processes, each in its own PID namespace (as pods or containers sharing
+    a node's cache directory are), all pid 1. B and C see A's in-flight temp file and pin as
+    live: nothing of A's is deleted or evicted, and the accounting matches the disk."""
+    if not _pid_namespaces_work(tmp_path):
+        pytest.skip("unshare -Urpf --mount-proc is not available here")
+    root, size = tmp_path / "root", 256 << 10
+    own_ns = ["unshare", "-Urpf", "--mount-proc", "sh", "-c", "exec"]
+    base = {"root": str(root), "limit": 3 * size, "wait_timeout": 20}
+    a = workers.start("a", {**base, "shards": shards(1, size), "chunk": 16 << 10, "delay": 0.12,
+                            "hold": True, "release": str(tmp_path / "release-a")}, prefix=own_ns)
+    deadline = time.monotonic() + 20
+    while not (root / "ns").exists() or not [n for n in os.listdir(root / "ns") if n.startswith(".")]:
+        assert a.poll() is None and time.monotonic() < deadline, "A never started its fill"
+        time.sleep(0.01)
+    b = workers.start("b", {**base, "shards": [["ns", f"s{i:02d}", size] for i in (1, 2, 3)]},
+                      prefix=own_ns)
+    res_b = workers.result(b)
+    assert res_b["errors"] == [] and all(v[1] for v in res_b["verified"])
+    assert a.poll() is None, "A ended while B ran"
+    assert [n for n in os.listdir(root / "ns") if n.startswith(".fastdata-tmp.s00.")], \
+        "B deleted A's in-flight temp file"
+    workers.wait_file(a, "held", timeout=30)
+    c = workers.start("c", {**base, "shards": [["ns", f"s{i:02d}", size] for i in (4, 5, 6)]},
+                      prefix=own_ns)
+    res_c = workers.result(c)
+    assert res_c["errors"] == [] and all(v[1] for v in res_c["verified"])
+    assert read(root / "ns" / "s00") == content("s00", size)  # A's pinned shard was not evicted
+    (tmp_path / "release-a").touch()
+    res_a = workers.result(a)
+    assert res_a["errors"] == [] and res_a["verified"][0][:2] == ["s00", True]
+    with NodeCache(str(root), 3 * size) as cache:
+        assert cache.usage() == tree_bytes(str(root)) <= 3 * size

@@ -2,7 +2,7 @@
 
 Files live at ``<root>/<namespace>/<name>``. The bookkeeping lives in an LMDB environment at
 ``<root>/.fastdata-cache.lmdb`` whose write transactions are the only cross-process
-coordination (no shared memory, no lock files of our own). Its tables:
+coordination (no shared memory; the only lock files are the holders' leases). Its tables:
 
 * ``entries``  ``ns\\0name`` -> (size, next_use, last-use tick): published, accounted files
 * ``pins``     ``ns\\0name\\0holder`` -> count: users of an entry, never evicted while pinned
@@ -10,9 +10,11 @@ coordination (no shared memory, no lock files of our own). Its tables:
 * ``meta``     ``files`` and ``reserved`` byte counters, ``tick`` (the LRU clock)
 * ``spaces``   namespaces this cache created: reconcile scans their directories and no others
 
-A holder is a process, identified by its pid and start time (``/proc/<pid>/stat`` field 22)
-so that a reused pid does not keep a dead holder's pins alive; a zombie counts as dead.
-Dead holders are dropped while making room and by :meth:`NodeCache.reconcile`.
+A holder is a process, named by a token and kept alive by a locked lease file
+(:mod:`fastdata.storage.leases`): liveness needs no pid, so containers sharing the cache
+without sharing a PID namespace see each other's holders as alive, and a dead (or zombie)
+process's lock is gone. Dead holders are dropped while making room and by
+:meth:`NodeCache.reconcile`; a temp file no live reservation names is deleted there too.
 
 The limit bounds the bytes on disk (final plus temp files) at every instant: bytes are
 reserved before the temp file exists, a victim is unlinked before the transaction that frees
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import math
 import os
@@ -44,15 +47,16 @@ import lmdb
 
 from fastdata import metrics
 from fastdata._testing import pause_point
-from fastdata.atomic import sweep_stale_temps, temp_name
+from fastdata.atomic import TMP_PREFIX, temp_name
 from fastdata.errors import FastdataCacheError, FastdataConfigError, FastdataIntegrityError
+from fastdata.storage import leases
 from fastdata.units import parse_size
 
 log = logging.getLogger(__name__)
 
 DB_DIR = ".fastdata-cache.lmdb"
 _TABLES = ("entries", "pins", "reserve", "meta", "spaces")
-_HOLDER = struct.Struct(">IQ")  # pid, start time in clock ticks since boot
+_HOLDER = leases.HOLDER  # a holder's token: pid and a random nonce
 _ENTRY = struct.Struct(">QdQ")  # size, next_use, last-use tick
 _U64 = struct.Struct(">Q")
 _MAX_NAME = 200  # bytes, leaving room for the temp-name decoration within NAME_MAX
@@ -61,36 +65,25 @@ _MAX_NAME = 200  # bytes, leaving room for the temp-name decoration within NAME_
 # inherits a transaction in flight; the child closes the inherited environments (LMDB must
 # not be used across fork) and each NodeCache reopens on its next call.
 _gate = threading.Lock()
-_envs: dict[tuple[int, int], list] = {}  # (st_dev, st_ino) of the LMDB dir -> [env, tables, users]
+# (st_dev, st_ino) of the LMDB dir -> [env, tables, users, fd of its transaction lock file]
+_envs: dict[tuple[int, int], list] = {}
+# LMDB runs without its own lock file (MDB_NOLOCK): its reader table keys readers by pid, and
+# pids collide between containers sharing the cache (two pid 1s fail with EAGAIN). Every
+# transaction holds a flock on TXN_LOCK instead: shared to read, exclusive to write, so no
+# reader is ever active while a writer is (LMDB's rule for running without its lock).
+TXN_LOCK = "txn.lock"
 
 
 def _after_fork_in_child() -> None:
-    for env, _, _ in _envs.values():
+    for env, _, _, lock_fd in _envs.values():
         env.close()
+        os.close(lock_fd)  # our copy only: nothing is locked across a fork (see _gate)
     _envs.clear()
     _gate.release()
 
 
 os.register_at_fork(before=_gate.acquire, after_in_parent=_gate.release,
                     after_in_child=_after_fork_in_child)
-
-
-def _proc_start(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot; None if it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except FileNotFoundError:
-        return None
-    except OSError:  # no /proc: existence is all we can tell
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return 0
-    return None if fields[0] in (b"Z", b"X") else int(fields[19])
 
 
 def _component(kind: str, value: str) -> bytes:
@@ -217,7 +210,7 @@ class NodeCache:
         st = os.stat(self._db_dir, dir_fd=self._root_fd, follow_symlinks=False)
         if not stat.S_ISDIR(st.st_mode):
             raise FastdataCacheError(f"node cache {self.root}: {self._db_dir} is not a directory; remove it")
-        for fname in ("data.mdb", "lock.mdb"):  # LMDB would write through a planted symlink
+        for fname in ("data.mdb", TXN_LOCK):  # LMDB would write through a planted symlink
             with contextlib.suppress(FileNotFoundError):
                 path = os.path.join(self._db_dir, fname)
                 if not stat.S_ISREG(os.stat(path, dir_fd=self._root_fd, follow_symlinks=False).st_mode):
@@ -225,15 +218,32 @@ class NodeCache:
         key = (st.st_dev, st.st_ino)
         with _gate:
             if key not in _envs:
-                env = lmdb.open(os.path.join(self.root, self._db_dir), map_size=1 << 30, max_dbs=8,
-                                subdir=True, mode=0o600, metasync=False, sync=False, readahead=False)
-                with env.begin(write=True) as txn:
-                    _envs[key] = [env, {n: env.open_db(n.encode(), txn=txn) for n in _TABLES}, 0]
+                lock_fd = os.open(os.path.join(self._db_dir, TXN_LOCK),
+                                  os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                  dir_fd=self._root_fd)
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                try:
+                    env = lmdb.open(os.path.join(self.root, self._db_dir), map_size=1 << 30, max_dbs=8,
+                                    subdir=True, mode=0o600, metasync=False, sync=False, readahead=False,
+                                    lock=False)
+                    with env.begin(write=True) as txn:
+                        _envs[key] = [env, {n: env.open_db(n.encode(), txn=txn) for n in _TABLES}, 0,
+                                      lock_fd]
+                finally:
+                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
             _envs[key][2] += 1
         if self._pid not in (-1, os.getpid()):
             self._held = set()  # a forked child: the parent's pins are the parent's to release
         self._env_key, self._pid, self._known = key, os.getpid(), set()
-        self._me = _HOLDER.pack(os.getpid(), _proc_start(os.getpid()) or 0)
+        self._me = leases.my_token(self._db_fd())
+
+    def _db_fd(self) -> int:
+        """The bookkeeping directory (checked by ``_attach``), opened once per process."""
+        if getattr(self, "_db_fd_pid", None) != os.getpid():
+            self._db_fd_cached = os.open(self._db_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                                         os.O_CLOEXEC, dir_fd=self._root_fd)
+            self._db_fd_pid = os.getpid()
+        return self._db_fd_cached
 
     @contextlib.contextmanager
     def _txn(self, write: bool = True) -> Iterator[tuple[lmdb.Transaction, dict]]:
@@ -242,9 +252,13 @@ class NodeCache:
         if self._pid != os.getpid():
             self._attach()
         with _gate:
-            env, dbs, _ = _envs[self._env_key]
-            with env.begin(write=write) as txn:
-                yield txn, dbs
+            env, dbs, _, lock_fd = _envs[self._env_key]
+            fcntl.flock(lock_fd, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
+            try:
+                with env.begin(write=write) as txn:
+                    yield txn, dbs
+            finally:
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
 
     # -- helpers inside one transaction ------------------------------------------------------
     @staticmethod
@@ -260,9 +274,7 @@ class NodeCache:
         if holder == self._me:
             return True
         if holder not in seen:
-            pid, start = _HOLDER.unpack(holder)
-            now = _proc_start(pid)
-            seen[holder] = now is not None and (now == start or 0 in (now, start))
+            seen[holder] = leases.alive(self._db_fd(), holder)
         return seen[holder]
 
     def _touch(self, txn, dbs, key: bytes, size: int, next_use: float) -> None:
@@ -368,6 +380,12 @@ class NodeCache:
         """(reservation key, bytes, entry key) of every reservation."""
         return [(k, _U64.unpack(v[:8])[0], v[8:].rsplit(b"\0", 1)[0])
                 for k, v in txn.cursor(db=dbs["reserve"])]
+
+    @staticmethod
+    def _temp_of(txn, dbs, res: bytes) -> tuple[bytes, bytes]:
+        """(namespace, temp file name) of reservation ``res``."""
+        namespace, _, tmp = bytes(txn.get(res, db=dbs["reserve"])[8:]).split(b"\0")
+        return namespace, tmp
 
     def _unreserve(self, txn, dbs, res: bytes) -> None:
         raw = txn.get(res, db=dbs["reserve"])
@@ -565,14 +583,14 @@ class NodeCache:
         """
         seen: dict[bytes, bool] = {}
         with self._txn() as (txn, dbs):
-            _envs[self._env_key][0].reader_check()
             for k in list(txn.cursor(db=dbs["pins"]).iternext(values=False)):
                 if not self._alive(k[-_HOLDER.size:], seen):
                     txn.delete(k, db=dbs["pins"])
-            live, adoptable, reserved = set(), {}, 0
+            live, adoptable, reserved, live_temps = set(), {}, 0, set()
             for res, rsize, rkey in self._reservations(txn, dbs):
                 if self._alive(res[:_HOLDER.size], seen):
                     live.add(rkey)
+                    live_temps.add(self._temp_of(txn, dbs, res))
                     reserved += rsize
                 else:
                     self._unreserve(txn, dbs, res)
@@ -589,8 +607,12 @@ class NodeCache:
                 if fd is None:
                     continue
                 try:
-                    sweep_stale_temps(os.path.join(self.root, namespace))  # a real directory: checked
                     for fname in os.listdir(fd):
+                        if fname.startswith(TMP_PREFIX) and (raw_ns, os.fsencode(fname)) not in live_temps:
+                            log.info("node cache: deleting %s/%s, a temp file no live holder reserves",
+                                     namespace, fname)
+                            self._lstat(namespace, fname, unlink=True)
+                            continue
                         key = raw_ns + b"\0" + os.fsencode(fname)
                         if fname.startswith(".") or key in live or txn.get(key, db=dbs["entries"]):
                             continue  # temp files (swept above), in flight, or accounted
@@ -609,6 +631,7 @@ class NodeCache:
                     os.close(fd)
             txn.put(b"files", _U64.pack(files), db=dbs["meta"])
             txn.put(b"reserved", _U64.pack(reserved), db=dbs["meta"])
+        leases.sweep(self._db_fd())
 
     def close(self) -> None:
         """Release the pins taken through this object and detach; idempotent."""
@@ -624,7 +647,11 @@ class NodeCache:
                     shared[2] -= 1
                     if shared[2] == 0:
                         shared[0].close()
+                        os.close(shared[3])
                         del _envs[self._env_key]
+        if getattr(self, "_db_fd_pid", None) == os.getpid():
+            os.close(self._db_fd_cached)
+            self._db_fd_pid = None
         os.close(self._root_fd)
 
     def __enter__(self) -> NodeCache:
