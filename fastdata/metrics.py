@@ -288,9 +288,13 @@ def combined(*registries: Registry) -> dict[str, float]:
 def summary_line(snap: Mapping[str, float]) -> str:
     """The figures a person looks at first, on one line."""
     parts = [f"{snap.get('loader.tokens_per_second', 0) / 1e6:.2f} M tok/s"]
-    if snap.get("loader.step.count"):
+    if snap.get("loader.wait.count"):
+        waits = {name: snap.get(f"loader.wait.{name}.seconds", 0.0) for name in STAGES}
+        top = max(waits, key=waits.__getitem__)
+        wait = snap.get("loader.wait.seconds", 0.0)
+        most = f"{top} {100 * waits[top] / wait:.0f} %, " if wait > 0 else ""
         parts.append(f"data-wait {100 * snap.get('loader.data_wait_share', 0):.1f} % "
-                     f"(p99 {1e3 * snap.get('loader.wait.p99', 0):.1f} ms)")
+                     f"({most}p99 {1e3 * snap.get('loader.wait.p99', 0):.1f} ms)")
     if "cache.hit_rate" in snap:
         parts.append(f"cache hit {100 * snap['cache.hit_rate']:.1f} %")
     if snap.get("fetch.bytes"):

@@ -10,6 +10,8 @@ import sys
 import pytest
 from _loader import packed_dataset
 
+from fastdata import metrics
+
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -33,6 +35,8 @@ def test_bench_a_local_directory(local, tmp_path):
     assert doc["timeline"][-1]["steps"] == 60
     assert len(doc["timeline"]) >= 2
     assert all(s["tokens_per_s"] > 0 for s in doc["timeline"])
+    for s in doc["timeline"]:  # the stages plotted stacked add up to the interval's data-wait
+        assert sum(s[f"wait_{stage}_pct"] for stage in metrics.STAGES) == pytest.approx(s["data_wait_pct"])
     # 5 ms of "training" per step: the step time reported is at least that
     assert doc["metrics"]["loader.step.p50"] >= 0.005 * 0.8
     assert "data-wait" in out.stderr and "M tok/s" in out.stderr

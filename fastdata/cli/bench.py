@@ -4,7 +4,8 @@ Runs ``TokenDataset`` + ``DataLoader`` with the settings a job would use (ranks 
 the torchrun environment, workers, cache) and sleeps ``--step-ms`` after every batch in
 place of the model. A progress line shows, per interval, tokens/s, data-wait %, cache hit %
 and fetch MB/s; at the end a JSON report holds that timeline and the final metrics, and a PNG
-plots throughput and data-wait over time (when matplotlib is installed).
+plots throughput, and data-wait stacked by stage (fetch, verify, decompress, gather, queue:
+docs/metrics.md), over time (when matplotlib is installed).
 """
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ def _sample(prev: Mapping[str, float], now: Mapping[str, float], t: float) -> di
         return now.get(key, 0.0) - prev.get(key, 0.0)
 
     dt = max(now["loader.elapsed"] - prev.get("loader.elapsed", 0.0), 1e-9)
-    stepped = d("loader.step.seconds")
+    spent = d("loader.wait.seconds") + d("loader.compute.seconds")  # in next() or in the step
     looked = d("cache.hits") + d("cache.misses")
+    stages = {f"wait_{s}_pct": 100 * d(f"loader.wait.{s}.seconds") / spent if spent > 0 else 0.0
+              for s in metrics.STAGES}
     return {"t": round(t, 3), "steps": now.get("loader.batches", 0.0),
             "tokens_per_s": d("loader.tokens") / dt,
-            "data_wait_pct": 100 * d("loader.wait.seconds") / stepped if stepped > 0 else 0.0,
+            "data_wait_pct": 100 * d("loader.wait.seconds") / spent if spent > 0 else 0.0, **stages,
             "cache_hit_pct": 100 * d("cache.hits") / looked if looked else float("nan"),
             "fetch_mb_per_s": d("fetch.bytes") / dt / 1e6, "retries": d("fetch.retries")}
 
@@ -163,7 +166,11 @@ def _write(args: argparse.Namespace, report: dict[str, Any]) -> None:
     top.set_ylabel("M tokens/s")
     top.set_ylim(bottom=0)
     top.set_title(f"fastdata bench: step {args.step_ms:g} ms, {args.workers} workers ({args.backend})")
-    bottom.plot(t, [s["data_wait_pct"] for s in report["timeline"]], color="tab:red")
+    # data-wait by stage, stacked: the top edge is the interval's data-wait share
+    layers = [[s.get(f"wait_{name}_pct", 0.0) for s in report["timeline"]] for name in metrics.STAGES]
+    bottom.stackplot(t, layers, labels=metrics.STAGES,
+                     colors=["tab:red", "tab:orange", "tab:purple", "tab:green", "tab:gray"])
+    bottom.legend(loc="upper right", fontsize="small", ncol=len(metrics.STAGES), title="data-wait by stage")
     bottom.set_ylabel("data-wait %")
     bottom.set_ylim(bottom=0)
     bottom.set_xlabel("seconds")
