@@ -247,6 +247,28 @@ def test_lightning_resumes_from_its_own_checkpoint(packed, tmp_path):
     assert [line["digests"] for line in log] == expected  # epoch 0 from its start, resumed at step 3
 
 
+def test_hf_trainer_resumes_from_the_fastdata_state_in_its_checkpoint(packed, tmp_path):
+    pytest.importorskip("transformers")
+    common = ("--data", packed["web"], "--steps", "6", "--save-steps", "3", *MODEL)
+    run(EXAMPLES / "hf_trainer.py", "--out", tmp_path / "a", "--log-batches", tmp_path / "a.log", *common)
+    straight = read_log(tmp_path / "a.log")
+    assert [line["step"] for line in straight] == list(range(6))
+    expected, _ = reference(packed["web"], 6)
+    assert [line["digests"] for line in straight] == expected
+    state = json.loads((tmp_path / "a" / "checkpoint-3" / "fastdata_loader.json").read_text())
+    assert (state["epoch"], state["step"]) == (0, 3)
+
+    # A new job from the step-3 checkpoint: fastdata's state continues the data, nothing replayed.
+    shutil.copytree(tmp_path / "a" / "checkpoint-3", tmp_path / "b" / "checkpoint-3")
+    out = run(EXAMPLES / "hf_trainer.py", "--out", tmp_path / "b", "--resume", "--log-batches",
+              tmp_path / "b.log", *common)
+    assert f"resumed at step 3 from {tmp_path / 'b' / 'checkpoint-3'}, data at 0:3" in out
+    assert read_log(tmp_path / "b.log") == straight[3:]  # the same batches and bit-identical losses
+    a, b = tmp_path / "a" / "checkpoint-6", tmp_path / "b" / "checkpoint-6"
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert json.loads((b / "fastdata_loader.json").read_text())["step"] == 6
+
+
 def test_deepspeed_resumes_from_client_state(packed, tmp_path):
     pytest.importorskip("deepspeed", reason="deepspeed is not installed (scripts/test.sh installs it)")
     # A fresh extensions directory: the example must not compile a kernel at run time.
