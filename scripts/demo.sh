@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Set up a fresh clone and run the main job end to end on the bundled corpus.
+# Set up a fresh clone and run the main job end to end on the bundled corpus: pack, publish,
+# train through the node cache, checkpoint, resume exactly in a new process, measure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c 'import torch' 2>/dev/null || python3 -m pip install -q torch==2.13.0
-python3 -m pip install -q -e .
-exec python3 -P examples/quickstart.py "$@"
+. scripts/python-env.sh
+# The native reader, and matplotlib for the `fastdata bench` plot (the `bench` extra).
+"$PY" -m pip install -q -e '.[bench]'
+exec "$PY" -P examples/quickstart.py "$@"
