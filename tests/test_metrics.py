@@ -246,13 +246,13 @@ def test_fetch_latency_and_data_wait_follow_the_link(remote, slow_link, tmp_path
 
 @pytest.mark.timeout(120)
 def test_a_slow_link_is_fetch(remote, slow_link, tmp_path):
-    """Through the proxy (50 ms each way per chunk) the shards come slowly: whether the loader
+    """Through the proxy (100 ms each way per chunk) the shards come slowly: whether the loader
     thread downloads a shard itself or waits for the prefetcher's download, the wait is
     ``fetch``. Every shard is fetched within the run, the first batch's wait included."""
     ds = fastdata.TokenDataset(remote["url"], seq_len=32, seed=1, cache_dir=str(tmp_path / "c"),
                                storage_options={"connection_string": connection_string(slow_link.port),
                                                 "allow_insecure": True})
-    slow_link.faults.latency_s = 0.05
+    slow_link.faults.latency_s = 0.1
     loader = fastdata.DataLoader(ds, batch_size=4, num_workers=2)
     steps = sum(1 for _ in loader)
     snap = loader.metrics()
