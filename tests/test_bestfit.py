@@ -17,7 +17,7 @@ import pytest
 from _loader import packed_dataset
 
 import fastdata
-from fastdata.sampling.bestfit import best_fit
+from fastdata.sampling.bestfit import best_fit, split_documents
 from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace
 from fastdata.sampling.permute import child_keys, derive_key, permute_reference
 
@@ -171,6 +171,16 @@ def test_best_fit_matches_the_slow_reference():
         opened = int(bins.max()) + 1 if lengths else 0
         got = [sorted(np.flatnonzero(bins == b).tolist()) for b in range(opened)]
         assert got == [sorted(b) for b in expected], (trial, cap, lengths)
+
+
+def test_split_documents_by_hand():
+    """seq_len 4 (bins of 5): short documents whole; long ones in pieces every 4 tokens, the
+    tail packed unless it is only the token the last full piece already shares."""
+    doc, start, length, full = split_documents(np.array([0, 1, 5, 6, 9, 10]), 4)
+    assert doc.tolist() == [1, 2, 3, 3, 4, 4, 5, 5, 5]
+    assert start.tolist() == [0, 0, 0, 4, 0, 4, 0, 4, 8]
+    assert length.tolist() == [1, 5, 5, 2, 5, 5, 5, 5, 2]
+    assert full.tolist() == [False, False, True, False, True, True, True, True, False]
 
 
 def test_batches_equal_the_slow_reference_two_epochs(data):

@@ -176,6 +176,11 @@ class BestFitPlan:
     def num_bins(self) -> int:
         return int(self._bin_first[-1])
 
+    @property
+    def num_windows(self) -> int:
+        """Windows of the epoch, numbered shard by shard (see :meth:`window_pack`)."""
+        return int(self._first_window[-1])
+
     def window_docs(self, shard: int, w: int) -> np.ndarray:
         """Shard-local ids of the documents in window ``w`` of ``shard``, in window order."""
         n = int(self.shard_docs[shard])
@@ -214,16 +219,20 @@ class BestFitPlan:
         if len(bins) and (bins.min() < 0 or bins.max() >= self.num_bins):
             raise IndexError(f"bin ids outside [0, {self.num_bins})")
         g = np.searchsorted(self._bin_first, bins, side="right") - 1
-        shard = np.searchsorted(self._first_window, g, side="right") - 1
+        local = bins - self._bin_first[g]
         parts: list[tuple[np.ndarray, ...]] = []
-        for row, (gw, s, b) in enumerate(zip(g.tolist(), shard.tolist(), bins.tolist())):
+        for gw in np.unique(g).tolist():  # one vectorised slice of each window's layout
+            rows = np.flatnonzero(g == gw)
             pack = self.window_pack(gw)
-            local = b - int(self._bin_first[gw])
-            lo, hi = int(pack.bin_start[local]), int(pack.bin_start[local + 1])
-            parts.append((np.full(hi - lo, row), np.full(hi - lo, s), pack.doc[lo:hi],
-                          pack.start[lo:hi], pack.length[lo:hi]))
+            lo, hi = pack.bin_start[local[rows]], pack.bin_start[local[rows] + 1]
+            counts = hi - lo
+            at = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+            shard = int(np.searchsorted(self._first_window, gw, side="right")) - 1
+            parts.append((np.repeat(rows, counts), np.full(len(at), shard), pack.doc[at], pack.start[at],
+                          pack.length[at]))
         if not parts:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty, empty, empty
         row, shard_, doc, start, length = (np.concatenate(c).astype(np.int64) for c in zip(*parts))
-        return row, shard_, doc, start, length
+        order = np.argsort(row, kind="stable")
+        return row[order], shard_[order], doc[order], start[order], length[order]
