@@ -825,3 +825,36 @@ def test_containers_in_separate_pid_namespaces_keep_each_others_fills_and_pins(t
     assert res_a["errors"] == [] and res_a["verified"][0][:2] == ["s00", True]
     with NodeCache(str(root), 3 * size) as cache:
         assert cache.usage() == tree_bytes(str(root)) <= 3 * size
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damage", ["truncated_after_meta", "truncated_meta", "garbage_meta"])
+def test_damaged_bookkeeping_is_rebuilt_from_the_directory(tmp_path, workers, damage):
+    """Audit §5.9: a node crash leaves data.mdb damaged. Every process opening the cache (two
+    at once here) gets a working cache whose records are rebuilt from the files; reading a
+    truncated LMDB file would otherwise end the process with SIGBUS."""
+    root, size = tmp_path / "root", 64 << 10
+    names = shards(3, size)
+    with NodeCache(str(root), 4 * size) as cache:
+        for _, n, s in names:
+            acquire(cache, n, s, []).release()
+    data = root / DB_DIR / "data.mdb"
+    if damage == "truncated_after_meta":
+        os.truncate(data, 2 * 4096)  # both meta pages kept, every record page gone
+    elif damage == "truncated_meta":
+        os.truncate(data, 4096)
+    else:
+        with open(data, "r+b") as f:
+            f.write(os.urandom(2 * 4096))
+    go = tmp_path / "go"
+    cfg = {"root": str(root), "limit": 4 * size, "shards": names, "go": str(go)}
+    procs = [workers.start(f"w{i}", cfg) for i in range(2)]
+    go.touch()
+    for p in procs:
+        res = workers.result(p)
+        assert res["errors"] == [] and [v[:2] for v in res["verified"]] == [[n, True] for _, n, _ in names]
+        assert res["filled"] == []  # every file was adopted, none fetched again
+    assert (root / DB_DIR / "data.mdb.damaged").exists()
+    with NodeCache(str(root), 4 * size) as cache:
+        assert cache.usage() == tree_bytes(str(root)) == 3 * size
+        assert cache.stats()["entries"] == 3

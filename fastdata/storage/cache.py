@@ -32,14 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import math
 import os
 import shutil
 import stat
-import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -49,68 +46,15 @@ from fastdata import metrics
 from fastdata._testing import pause_point
 from fastdata.atomic import TMP_PREFIX, temp_name
 from fastdata.errors import FastdataCacheError, FastdataConfigError, FastdataIntegrityError
-from fastdata.storage import leases
+from fastdata.storage import cache_db, leases
+from fastdata.storage.cache_db import DB_DIR, TXN_LOCK
 from fastdata.units import parse_size
 
 log = logging.getLogger(__name__)
 
-DB_DIR = ".fastdata-cache.lmdb"
-_TABLES = ("entries", "pins", "reserve", "meta", "spaces")
 _HOLDER = leases.HOLDER  # a holder's token: pid and a random nonce
-_ENTRY = struct.Struct(">QdQ")  # size, next_use, last-use tick
-_U64 = struct.Struct(">Q")
-_MAX_NAME = 200  # bytes, leaving room for the temp-name decoration within NAME_MAX
-
-# Every transaction of this process runs under _gate and fork waits for it, so a child never
-# inherits a transaction in flight; the child closes the inherited environments (LMDB must
-# not be used across fork) and each NodeCache reopens on its next call.
-_gate = threading.Lock()
-# (st_dev, st_ino) of the LMDB dir -> [env, tables, users, fd of its transaction lock file]
-_envs: dict[tuple[int, int], list] = {}
-# LMDB runs without its own lock file (MDB_NOLOCK): its reader table keys readers by pid, and
-# pids collide between containers sharing the cache (two pid 1s fail with EAGAIN). Every
-# transaction holds a flock on TXN_LOCK instead: shared to read, exclusive to write, so no
-# reader is ever active while a writer is (LMDB's rule for running without its lock).
-TXN_LOCK = "txn.lock"
-
-
-def _after_fork_in_child() -> None:
-    for env, _, _, lock_fd in _envs.values():
-        env.close()
-        os.close(lock_fd)  # our copy only: nothing is locked across a fork (see _gate)
-    _envs.clear()
-    _gate.release()
-
-
-os.register_at_fork(before=_gate.acquire, after_in_parent=_gate.release,
-                    after_in_child=_after_fork_in_child)
-
-
-def _component(kind: str, value: str) -> bytes:
-    if not isinstance(value, str) or not value or value[0] == "." or "/" in value or "\0" in value:
-        raise FastdataConfigError(f"cache {kind} must be one path component not starting with '.', "
-                                  f"got {value!r}")
-    try:
-        raw = value.encode()
-    except UnicodeEncodeError:
-        raise FastdataConfigError(f"cache {kind} is not valid UTF-8: {value!r}") from None
-    if len(raw) > _MAX_NAME:
-        raise FastdataConfigError(f"cache {kind} is {len(raw)} bytes, over {_MAX_NAME}: {value[:40]!r}...")
-    return raw
-
-
-def _key(namespace: str, name: str) -> bytes:
-    return _component("namespace", namespace) + b"\0" + _component("name", name)
-
-
-def _is_enospc(exc: BaseException | None) -> bool:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+_ENTRY, _U64 = cache_db.ENTRY, cache_db.U64
+_key, _is_enospc = cache_db.entry_key, cache_db.is_enospc
 
 
 class CachedShard:
@@ -124,7 +68,7 @@ class CachedShard:
 
     def release(self) -> None:
         """Unpin; idempotent. In a forked child the pin is the parent's, so this does nothing."""
-        with _gate:
+        with cache_db.gate:
             if self._released:
                 return
             self._released = True
@@ -172,6 +116,7 @@ class NodeCache:
         # concurrent writers corrupt the store and abort.)
         self._db_dir = f".fastdata-cache.{os.getpid()}.lmdb" if _private_db else DB_DIR
         self._pid, self._known, self._held, self._closed = -1, set(), set(), False
+        self._rebuild = False  # the bookkeeping was found damaged: reconcile adopts the directory
         self._root_fd = self._open_root()
         try:
             self._attach()
@@ -216,22 +161,7 @@ class NodeCache:
                 if not stat.S_ISREG(os.stat(path, dir_fd=self._root_fd, follow_symlinks=False).st_mode):
                     raise FastdataCacheError(f"node cache {self.root}: {path} is not a file; remove it")
         key = (st.st_dev, st.st_ino)
-        with _gate:
-            if key not in _envs:
-                lock_fd = os.open(os.path.join(self._db_dir, TXN_LOCK),
-                                  os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                                  dir_fd=self._root_fd)
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
-                try:
-                    env = lmdb.open(os.path.join(self.root, self._db_dir), map_size=1 << 30, max_dbs=8,
-                                    subdir=True, mode=0o600, metasync=False, sync=False, readahead=False,
-                                    lock=False)
-                    with env.begin(write=True) as txn:
-                        _envs[key] = [env, {n: env.open_db(n.encode(), txn=txn) for n in _TABLES}, 0,
-                                      lock_fd]
-                finally:
-                    fcntl.flock(lock_fd, fcntl.LOCK_UN)
-            _envs[key][2] += 1
+        self._rebuild = cache_db.attach(self.root, self._root_fd, self._db_dir, key) or self._rebuild
         if self._pid not in (-1, os.getpid()):
             self._held = set()  # a forked child: the parent's pins are the parent's to release
         self._env_key, self._pid, self._known = key, os.getpid(), set()
@@ -251,14 +181,8 @@ class NodeCache:
             raise FastdataCacheError(f"node cache {self.root} is closed")
         if self._pid != os.getpid():
             self._attach()
-        with _gate:
-            env, dbs, _, lock_fd = _envs[self._env_key]
-            fcntl.flock(lock_fd, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
-            try:
-                with env.begin(write=write) as txn:
-                    yield txn, dbs
-            finally:
-                fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        with cache_db.transaction(self._env_key, write) as (txn, dbs):
+            yield txn, dbs
 
     # -- helpers inside one transaction ------------------------------------------------------
     @staticmethod
@@ -578,7 +502,8 @@ class NodeCache:
         dead pids, and entries whose file is missing, not a regular file or of the wrong size.
         A file without an entry is adopted if a dead holder's reservation names it with its
         exact size (it was renamed into place after its fill verified it, just before the
-        crash); otherwise it is deleted. Only directories of namespaces this cache created
+        crash), or when the records were found damaged and rebuilt (``cache_db``); otherwise
+        it is deleted. Only directories of namespaces this cache created
         are scanned. The counters are recomputed from what remains.
         """
         seen: dict[bytes, bool] = {}
@@ -597,6 +522,12 @@ class NodeCache:
                     adoptable[rkey] = rsize
             files = sum(_ENTRY.unpack(v)[0] for k, v in list(txn.cursor(db=dbs["entries"]))
                         if self._valid(txn, dbs, k, None))
+            rebuild, self._rebuild = self._rebuild, False
+            if rebuild:  # the records were lost: every namespace directory of the root is ours
+                for namespace in os.listdir(self._root_fd):
+                    st = os.stat(namespace, dir_fd=self._root_fd, follow_symlinks=False)
+                    if not namespace.startswith(".") and stat.S_ISDIR(st.st_mode):
+                        txn.put(namespace.encode(), b"", db=dbs["spaces"])
             for raw_ns in list(txn.cursor(db=dbs["spaces"]).iternext(values=False)):
                 namespace = raw_ns.decode()
                 try:
@@ -620,8 +551,11 @@ class NodeCache:
                         if st is None or stat.S_ISDIR(st.st_mode):
                             continue
                         path = os.path.join(self.root, namespace, fname)
-                        if stat.S_ISREG(st.st_mode) and adoptable.get(key) == st.st_size:
-                            log.info("node cache: adopting %s, published just before its writer died", path)
+                        if stat.S_ISREG(st.st_mode) and (rebuild or adoptable.get(key) == st.st_size):
+                            # published by a complete fill (only renames give final names); its
+                            # content is hash-checked by each process on first use, as always
+                            log.info("node cache: adopting %s (%s)", path, "records rebuilt" if rebuild
+                                     else "published just before its writer died")
                             self._touch(txn, dbs, key, st.st_size, math.inf)
                             files += st.st_size
                         else:
@@ -641,14 +575,7 @@ class NodeCache:
             handle.release()
         self._closed = True
         if self._pid == os.getpid():
-            with _gate:
-                shared = _envs.get(self._env_key)
-                if shared is not None:
-                    shared[2] -= 1
-                    if shared[2] == 0:
-                        shared[0].close()
-                        os.close(shared[3])
-                        del _envs[self._env_key]
+            cache_db.detach(self._env_key)
         if getattr(self, "_db_fd_pid", None) == os.getpid():
             os.close(self._db_fd_cached)
             self._db_fd_pid = None
