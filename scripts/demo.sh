@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/python-env.sh
-# The native reader, and matplotlib for the `fastdata bench` plot (the `bench` extra).
-"$PY" -m pip install -q -e '.[bench]'
+# The native reader, matplotlib for the `fastdata bench` plot (the `bench` extra), and
+# aiohttp: fsspec's http(s) filesystem, for the demo's "remote" (a loopback HTTP server).
+"$PY" -m pip install -q -e '.[bench]' aiohttp
 exec "$PY" -P examples/quickstart.py "$@"
