@@ -8,11 +8,13 @@ block until the test kills the process. Unset, a pause point costs one dict look
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections import Counter
 
 _hits: Counter[str] = Counter()
+_written: Counter[str] = Counter()
 
 
 def pause_point(site: str) -> None:
@@ -42,3 +44,20 @@ def delay_point(site: str) -> None:
     name, _, seconds = wanted.partition(":")
     if name == site:
         time.sleep(float(seconds))
+
+
+def disk_point(site: str, nbytes: int) -> None:
+    """``FASTDATA_TEST_ENOSPC=<site>:<bytes>`` makes a write of ``nbytes`` at ``site`` fail with
+    ``ENOSPC`` once this process has written more than ``<bytes>`` there: a full disk on
+    machines where a small filesystem cannot be mounted. Sites: ``download`` (each ranged
+    write of a download), ``decompress`` (each block of a zstd shard written out). Unset, it
+    costs one dict lookup."""
+    wanted = os.environ.get("FASTDATA_TEST_ENOSPC")
+    if not wanted:
+        return
+    name, _, limit = wanted.partition(":")
+    if name != site:
+        return
+    _written[site] += nbytes
+    if _written[site] > int(limit):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -10,6 +10,7 @@ and are removed on any error.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -93,3 +94,14 @@ def sweep_stale_temps(directory: str) -> list[str]:
                 os.unlink(os.path.join(directory, name))
             removed.append(name)
     return removed
+
+
+def is_enospc(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it was raised from is a full disk or quota."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from fastdata._testing import disk_point
 from fastdata.atomic import atomic_output
 from fastdata.errors import FastdataFormatError
 from fastdata.format.hashing import new_hasher
@@ -131,6 +132,7 @@ def decompress_shard(src_path: str, dst_path: str, raw_size: int, *, atomic: boo
                 )
             frame = _read_exact(f, stored, src_path, "zstd frame", offset)
             data = _decompress_frame(frame, raw, dctx, src_path, offset)
+            disk_point("decompress", len(data))
             out.write(data)
             hasher.update(data)
             offset += stored

@@ -44,7 +44,7 @@ import lmdb
 
 from fastdata import metrics
 from fastdata._testing import pause_point
-from fastdata.atomic import TMP_PREFIX, temp_name
+from fastdata.atomic import TMP_PREFIX, is_enospc, temp_name
 from fastdata.errors import FastdataCacheError, FastdataConfigError, FastdataIntegrityError
 from fastdata.storage import cache_db, leases
 from fastdata.storage.cache_db import DB_DIR, TXN_LOCK
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 _HOLDER = leases.HOLDER  # a holder's token: pid and a random nonce
 _ENTRY, _U64 = cache_db.ENTRY, cache_db.U64
-_key, _is_enospc = cache_db.entry_key, cache_db.is_enospc
+_key = cache_db.entry_key
 
 
 class CachedShard:
@@ -488,7 +488,7 @@ class NodeCache:
                 os.unlink(name if renamed else tmp, dir_fd=fd)
             with contextlib.suppress(Exception), self._txn() as (txn, dbs):
                 self._unreserve(txn, dbs, res)
-            if _is_enospc(e):
+            if is_enospc(e):
                 raise FastdataCacheError(
                     f"node cache {self.root}: disk full while writing {namespace}/{name}: needed {size} "
                     f"bytes, {shutil.disk_usage(self.root).free} bytes free; lower the cache limit below "

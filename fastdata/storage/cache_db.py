@@ -19,7 +19,6 @@ across ``fork``, across containers and across crashes:
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -77,17 +76,6 @@ def entry_key(namespace: str, name: str) -> bytes:
     return component("namespace", namespace) + b"\0" + component("name", name)
 
 
-def is_enospc(exc: BaseException | None) -> bool:
-    """Whether ``exc`` or an exception it was raised from is a full disk or quota."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def attach(root: str, root_fd: int, db_dir: str, key: tuple[int, int]) -> bool:
     """Share (or open) this process's environment of ``root/db_dir``; True when its records
     were found damaged and it starts empty (the caller rebuilds them from the directory)."""
@@ -101,8 +89,15 @@ def attach(root: str, root_fd: int, db_dir: str, key: tuple[int, int]) -> bool:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             try:
                 env, rebuilt = _open(root, root_fd, db_dir)
-                with env.begin(write=True) as txn:
-                    tables = {n: env.open_db(n.encode(), txn=txn) for n in TABLES}
+                try:
+                    with env.begin(write=True) as txn:
+                        tables = {n: env.open_db(n.encode(), txn=txn) for n in TABLES}
+                except lmdb.Error as e:
+                    where = env.path()
+                    env.close()
+                    if _disk_full(e):
+                        raise _full_error(where, e) from None
+                    raise
             finally:
                 fcntl.flock(lock_fd, fcntl.LOCK_UN)
         except BaseException:
@@ -119,6 +114,8 @@ def _open(root: str, root_fd: int, db_dir: str) -> tuple[lmdb.Environment, bool]
     try:
         env = _lmdb(path)
     except lmdb.Error as e:
+        if _disk_full(e):
+            raise _full_error(path, e) from None
         problem = f"LMDB cannot read it ({type(e).__name__}: {e})"
     else:
         try:
@@ -160,8 +157,24 @@ def transaction(key: tuple[int, int], write: bool) -> Iterator[tuple[lmdb.Transa
         try:
             with env.begin(write=write) as txn:
                 yield txn, tables
+        except lmdb.Error as e:
+            if _disk_full(e):
+                raise _full_error(env.path(), e) from None
+            raise
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+
+def _disk_full(e: lmdb.Error) -> bool:
+    """LMDB reports a full disk as an error whose text is the system's (no errno attribute)."""
+    text = str(e)
+    return isinstance(e, lmdb.MapFullError) or "No space left" in text or "quota exceeded" in text
+
+
+def _full_error(path: str, e: lmdb.Error) -> FastdataCacheError:
+    return FastdataCacheError(
+        f"node cache bookkeeping {path}: the disk is full ({type(e).__name__}: {e}); free space on "
+        "the cache's disk (or lower cache_limit below the free space)")
 
 
 def detach(key: tuple[int, int]) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import xxhash
 
 from fastdata import metrics
-from fastdata._testing import pause_point
+from fastdata._testing import disk_point, pause_point
 from fastdata.errors import (
     FastdataCacheError,
     FastdataDownloadError,
@@ -95,6 +95,7 @@ def _describe(error: BaseException) -> str:
 
 
 def _write_at(fd: int, data: bytes, offset: int) -> None:
+    disk_point("download", len(data))
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 from collections.abc import Callable
 
-from fastdata.atomic import sweep_stale_temps, temp_name
+from fastdata.atomic import is_enospc, sweep_stale_temps, temp_name
 from fastdata.errors import FastdataCacheError
 
 
@@ -75,6 +76,13 @@ def plain_file(directory: str, name: str, size: int, fill: Callable[[str], None]
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
+    except OSError as e:
+        if not is_enospc(e):
+            raise
+        raise FastdataCacheError(
+            f"cache directory {directory}: disk full while writing {name}: needed {size} bytes, "
+            f"{shutil.disk_usage(directory).free} bytes free; free the disk or choose a cache_dir "
+            "with room") from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
