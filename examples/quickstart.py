@@ -14,12 +14,16 @@ checkpoint, resume exactly in a new process, measure.
    ``sample_ids`` and losses must equal process 1's steps 20-39, else this exits with 1.
 5. ``fastdata bench`` on the URL for a few seconds writes a report and its PNG, and a summary
    prints tokens/s, data-wait % and cache hit % from ``DataLoader.metrics()``.
+
+Needs aiohttp (fsspec's HTTP filesystem) and, for the PNG, matplotlib (the ``bench`` extra);
+``scripts/demo.sh`` installs both.
 """
 
 from __future__ import annotations
 
 import functools
 import http.server
+import importlib.util
 import json
 import os
 import shutil
@@ -154,6 +158,9 @@ def figures(m: dict) -> str:
 
 def main() -> None:
     global OUT
+    if importlib.util.find_spec("aiohttp") is None:
+        sys.exit("the demo's remote is an HTTP URL, read through fsspec, which needs aiohttp: "
+                 "pip install aiohttp (scripts/demo.sh does)")
     started = time.perf_counter()
     out = OUT = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else
                                 tempfile.mkdtemp(prefix="fastdata-demo-"))
