@@ -136,6 +136,18 @@ class BatchAssembler:
         local = (ids - self.sample_starts[shard]) * self.config.seq_len + offset
         return np.stack([shard, local, np.full(len(ids), width)], axis=1)
 
+    def windows(self, ids: np.ndarray) -> np.ndarray | None:
+        """The ``(n, L + 1)`` int64 token windows of samples ``ids`` in one gather, when each
+        sample is exactly those tokens: ``input_ids`` its first ``L``, ``labels`` its last ``L``
+        (packed mode, no loss mask, no padding sample, no position or document outputs).
+        Otherwise None: assemble with ``__call__``."""
+        c = self.config
+        if c.mode != "packed" or self.has_mask or c.position_ids or c.doc_ids or not (ids >= 0).all():
+            return None
+        out = np.empty((len(ids), c.seq_len + 1), dtype=np.int64)
+        self._gather(self._packed_spans(ids, 0, c.seq_len + 1), out.reshape(-1), None)
+        return out
+
     def _packed(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         seq, width, b = self.config.seq_len, self.config.seq_len + 1, len(ids)
         real = ids >= 0

@@ -26,6 +26,7 @@ from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.format.reader import permute
 from fastdata.loader.batch import BatchAssembler, SampleConfig
 from fastdata.loader.state import StreamState, check_identity, identity_of, parse_state
+from fastdata.loader.stepping import step_items
 from fastdata.megatron import megatron_prefix, open_megatron
 from fastdata.sampling.blend import BlendOrder
 from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace, Stripe, document_space, packed_space
@@ -385,16 +386,10 @@ class TokenDataset(IterableDataset):
         chunk, in_worker = 64, torch.utils.data.get_worker_info() is not None
         for i in range(0, len(steps), chunk):
             part = steps[i : i + chunk]
-            for step, arrays in zip(part, self.batches(order, stripe, part)):
-                # In a worker process every tensor is moved to shared memory on the way out:
-                # give each its own small buffer, or the whole chunk is copied each time.
-                own = (lambda v: v.copy()) if in_worker else (lambda v: v)
-                batch = {k: torch.from_numpy(own(v)) for k, v in arrays.items()}
+            items = step_items(self, order, stripe, part, in_worker=in_worker)
+            for step, item in zip(part, items):
                 self._position = (epoch, step + num_workers)
-                if self.batch_size is None:
-                    yield {k: v[0] for k, v in batch.items() if k != "cu_seqlens"}
-                else:
-                    yield batch
+                yield item
         first_next = worker if num_workers > 1 else 0
         self._position = (epoch + 1, first_next)
 
