@@ -34,6 +34,7 @@ _LAZY = {
     "OrderOptions": "fastdata.loader.dataset",
     "Source": "fastdata.loader.dataset",
     "TokenDataset": "fastdata.loader.dataset",
+    "pack": "fastdata.pack",  # a callable package: fastdata.pack(inputs, output, **options)
 }
 
 
@@ -62,4 +63,5 @@ __all__ = [
     "World",
     "__version__",
     "open_dataset",
+    "pack",
 ]

@@ -7,18 +7,18 @@ import os
 import sys
 import time
 
-from fastdata.pack.encode import EncodeOptions
+from fastdata.pack.api import DEFAULTS, build_config
 from fastdata.pack.pipeline import PackConfig, PackProgress, PackResult, pack
-from fastdata.pack.sources import ReadOptions
-from fastdata.pack.tokenizers import TokenizerSpec
-from fastdata.units import format_size, parse_size
+from fastdata.units import format_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pack", help="tokenize a corpus into shards",
                        description="Tokenize JSONL, Parquet, text or WebDataset tar files into "
                                    "fastdata shards plus a manifest, resumably.")
-    p.add_argument("inputs", nargs="+", help="input files or directories")
+    p.add_argument("inputs", nargs="+",
+                   help="input files, directories, globs or fsspec URLs (az://, s3://, gs://, https://), "
+                        "Hugging Face save_to_disk directories")
     p.add_argument("-o", "--output", required=True, help="output directory or fsspec URL")
     p.add_argument("--tokenizer", default="bytes",
                    help="bytes (default) | PATH/tokenizer.json | tiktoken:NAME | none")
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bad records: stop with file:line (default) or skip and count them")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="fsspec option for a remote output (repeatable)")
+                   help="fsspec option for remote inputs and output (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(run=run)
 
@@ -70,20 +70,11 @@ def storage_options(pairs: list[str]) -> dict[str, str]:
 
 
 def config_from_args(args: argparse.Namespace) -> PackConfig:
-    read = ReadOptions(text_field=args.text_field, text_mode=args.text_mode, chat=args.chat,
-                       messages_field=args.messages_field, pretokenized=args.pretokenized,
-                       wds_member=args.wds_member)
-    spec = TokenizerSpec(args.tokenizer, eos_token=args.eos_token, bos_token=args.bos_token,
-                         vocab_size=args.vocab_size, eos_id=args.eos_id, bos_id=args.bos_id)
-    encode = EncodeOptions(read, spec, add_eos=not args.no_eos, add_bos=args.bos,
-                           skip_bad=args.on_error == "skip")
-    return PackConfig(
-        inputs=tuple(args.inputs), output=args.output, encode=encode, workers=args.workers,
-        shard_size=parse_size(args.shard_size),
-        compression=None if args.compression == "none" else args.compression,
-        dtype=args.dtype, overwrite=args.overwrite,
-        storage_options=storage_options(args.storage_option),
-    )
+    """The flags as ``fastdata.pack``'s keywords, through the same builder (same bytes)."""
+    options = {k: getattr(args, k) for k in DEFAULTS if k not in ("storage_options", "engine",
+                                                                  "ray_address")}
+    options["storage_options"] = storage_options(args.storage_option)
+    return build_config(args.inputs, args.output, options)
 
 
 class _ProgressLine:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastdata.errors import FastdataConfigError, FastdataInputError
-from fastdata.pack.sources import ReadOptions, Record, Task, read_task
+from fastdata.pack.sources import ReadOptions, Record, Task, TaskData, read_task
 from fastdata.pack.tokenizers import Tokenizer, TokenizerSpec, load_tokenizer
 
 ENCODE_BATCH = 512
@@ -135,8 +135,9 @@ class _Builder:
         return TaskResult(tokens, lengths, mask, self.task.size, self.skipped, self.first_skipped)
 
 
-def encode_task(task: Task, options: EncodeOptions) -> TaskResult:
-    """Read and tokenize every record of ``task`` in order.
+def encode_task(task: Task, options: EncodeOptions, data: TaskData = None) -> TaskResult:
+    """Read and tokenize every record of ``task`` in order (``data``: its fetched bytes or
+    records, for a remote input or a Python iterable).
 
     Raises:
         FastdataInputError: a record is bad and the policy is to raise.
@@ -151,7 +152,7 @@ def encode_task(task: Task, options: EncodeOptions) -> TaskResult:
         b.bodies.extend(tok.encode_batch([r.value for r in batch]))
         batch.clear()
 
-    for record in read_task(task, options.read):
+    for record in read_task(task, options.read, data):
         if record.problem is not None:
             flush()
             b.problem(record.location, record.problem)

@@ -10,18 +10,15 @@ a re-run with the same arguments resumes from there, and the manifest is written
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import multiprocessing
-import os
+import secrets
 import shutil
 import tempfile
-import threading
-import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -35,82 +32,21 @@ from fastdata.errors import (
 )
 from fastdata.format.manifest import Manifest, ShardInfo, parse_manifest
 from fastdata.format.shard_table import TABLE_NAME
-from fastdata.format.spec import DTYPE_CODES, MANIFEST_NAME, dtype_for_vocab
-from fastdata.pack.encode import EncodeOptions, TaskResult, encode_task
+from fastdata.format.spec import MANIFEST_NAME
+from fastdata.pack.config import PackConfig, PackProgress, PackResult, resolve_dtype
+from fastdata.pack.encode import EncodeOptions, TaskResult
+from fastdata.pack.inputs import InputFile, Inputs
+from fastdata.pack.records import RecordSource
 from fastdata.pack.shards import ShardCutter, ShardForm, publish_shard, target_tokens
-from fastdata.pack.sources import BLOCK_BYTES, Task, expand_inputs, plan_tasks
+from fastdata.pack.sources import BLOCK_BYTES, Task, TaskData
 from fastdata.pack.tokenizers import HFTokenizer, load_tokenizer
+from fastdata.pack.workers import ordered_results
 from fastdata.storage.remote import Store
 
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = ".fastdata-pack.json"
 TOKENIZER_NAME = "tokenizer.json"
-DEFAULT_SHARD_SIZE = 256 << 20
-
-
-@dataclass(frozen=True)
-class PackConfig:
-    """What ``fastdata pack`` does; the CLI builds one from its arguments."""
-
-    inputs: tuple[str, ...]
-    output: str
-    encode: EncodeOptions
-    workers: int = 1
-    shard_size: int = DEFAULT_SHARD_SIZE  #: target raw token bytes per shard
-    compression: str | None = None  #: None or "zstd"
-    dtype: str = "auto"  #: "auto", "uint16" or "uint32"
-    overwrite: bool = False  #: replace a finished dataset at ``output``
-    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise FastdataConfigError(f"workers must be >= 1, got {self.workers}")
-        if self.shard_size < 1:
-            raise FastdataConfigError(f"shard size must be positive, got {self.shard_size}")
-        if self.compression not in (None, "zstd"):
-            raise FastdataConfigError(f"unknown compression {self.compression!r}; use zstd")
-        if self.dtype not in ("auto", *DTYPE_CODES):
-            raise FastdataConfigError(f"unknown dtype {self.dtype!r}; use auto, uint16 or uint32")
-
-
-@dataclass
-class PackProgress:
-    """Running totals, reported after every task and returned at the end."""
-
-    docs: int = 0
-    tokens: int = 0
-    input_bytes: int = 0
-    shards: int = 0
-    stored_bytes: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    first_skipped: list[str] = field(default_factory=list)
-    resumed_shards: int = 0
-    resumed_tasks: int = 0  #: input tasks an earlier Ray run had encoded (``--engine ray``)
-    started: float = field(default_factory=time.perf_counter)
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-
-@dataclass(frozen=True)
-class PackResult:
-    manifest: Manifest
-    progress: PackProgress
-
-
-def resolve_dtype(requested: str, vocab_size: int) -> str:
-    """The payload dtype, refusing one that cannot hold every id of the vocabulary."""
-    needed = dtype_for_vocab(vocab_size)
-    if requested == "auto":
-        return needed
-    if requested == "uint16" and needed == "uint32":
-        raise FastdataConfigError(
-            f"token id {vocab_size - 1} does not fit uint16: the tokenizer's vocabulary has "
-            f"{vocab_size} ids; use --dtype uint32 or auto"
-        )
-    return requested
 
 
 @dataclass
@@ -234,53 +170,23 @@ class _Journal:
         self.store.write_bytes(JOURNAL_NAME, json.dumps(doc).encode())
 
 
-def _worker_init() -> None:
-    # Hugging Face tokenizers parallelise each batch over all cores; with one process per
-    # core that oversubscribes them, so workers encode single-threaded.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ["RAYON_NUM_THREADS"] = "1"
-
-
-def _ordered_results(tasks: Sequence[Task], options: EncodeOptions,
-                     workers: int) -> Iterator[TaskResult]:
-    """Encode ``tasks`` on ``workers`` processes; yield results in task order."""
-    if workers == 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield encode_task(task, options)
-        return
-    # fork starts workers at once, but is unsafe once threads exist (fsspec/adlfs keep an
-    # event-loop thread for remote outputs): then pay for spawn.
-    safe_to_fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if safe_to_fork else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
-    window: deque[Future[TaskResult]] = deque()
-    try:
-        queued = iter(tasks)
-        for task in queued:
-            window.append(pool.submit(encode_task, task, options))
-            if len(window) >= 2 * workers:
-                break
-        while window:
-            result = window.popleft().result()
-            nxt = next(queued, None)
-            if nxt is not None:
-                window.append(pool.submit(encode_task, nxt, options))
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _job_fingerprint(config: PackConfig, files: Sequence[str], tokenizer_fp: str,
-                     dtype: str) -> tuple[str, dict[str, Any]]:
+def _job_fingerprint(config: PackConfig, files: Sequence[InputFile], tokenizer_fp: str, dtype: str,
+                     records: RecordSource | None) -> tuple[str, dict[str, Any]]:
     """Identity of the job, and the provenance recorded in the manifest."""
-    inputs = [{"path": f, "bytes": os.path.getsize(f)} for f in files]
+    inputs: list[dict[str, Any]] = [{"path": f.path, "bytes": f.size} for f in files]
+    if records is not None:  # no identity: a later run cannot be the same job
+        inputs = [{"records": records.name, "fingerprint": records.identity}]
     args = {
         "tokenizer": config.encode.tokenizer.spec, "read": asdict(config.encode.read),
         "add_eos": config.encode.add_eos, "add_bos": config.encode.add_bos,
         "on_error": "skip" if config.encode.skip_bad else "raise",
         "shard_size": config.shard_size, "compression": config.compression, "dtype": dtype,
     }
-    job = {"inputs": inputs, "args": args, "tokenizer": tokenizer_fp, "block": BLOCK_BYTES}
+    job: dict[str, Any] = {"inputs": inputs, "args": args, "tokenizer": tokenizer_fp, "block": BLOCK_BYTES}
+    if any(f.etag for f in files):  # a remote input replaced since the interrupted run
+        job["etags"] = [f.etag for f in files]
+    if records is not None:
+        job["identity"] = records.identity or secrets.token_hex(16)
     digest = xxhash.xxh3_128_hexdigest(json.dumps(job, sort_keys=True).encode())
     return digest, {"inputs": inputs, "pack_args": args}
 
@@ -309,14 +215,27 @@ class PackPlan:
 
     tokenizer: Any
     dtype: str
-    tasks: list[Task]
+    tasks: list[Task]  #: of the input files (none for ``records``)
     store: Store
     job: str  #: fingerprint of inputs and arguments; a journal of another job is refused
     provenance: dict[str, Any]
+    inputs: Inputs
+    records: RecordSource | None = None
+
+    def stream(self, encode: EncodeOptions) -> Iterator[tuple[Task, TaskData]]:
+        """The tasks in order, each with what comes with it (records of a Python iterable)."""
+        if self.records is not None:
+            return self.records.tasks(encode.read)
+        return ((t, None) for t in self.tasks)
+
+    def fetch(self, encode: EncodeOptions) -> Callable[[Task, TaskData], TaskData]:
+        """Fills in the bytes of a remote input's task (on a fetch thread)."""
+        return lambda task, data: data if data is not None else self.inputs.fetch(task, encode.read)
 
 
-def plan_pack(config: PackConfig) -> PackPlan:
-    """Load the tokenizer, cut the inputs into tasks and prepare the output root.
+def plan_pack(config: PackConfig, records: RecordSource | None = None) -> PackPlan:
+    """Load the tokenizer, cut the inputs (files, or ``records``) into tasks and prepare the
+    output root.
 
     Raises:
         FastdataConfigError: bad arguments, or a finished dataset is there without ``overwrite``.
@@ -324,19 +243,21 @@ def plan_pack(config: PackConfig) -> PackPlan:
     """
     tok = load_tokenizer(config.encode.tokenizer)
     dtype = resolve_dtype(config.dtype, tok.info.vocab_size)
-    files = expand_inputs(config.inputs)
-    tasks = plan_tasks(files, config.encode.read)
+    inputs = Inputs(config.storage_options)
+    files = [] if records is not None else inputs.expand(config.inputs)
+    tasks = [] if records is not None else inputs.plan(config.encode.read)
     store = Store(config.output, config.storage_options)
     store.make_root()
     if store.local:
         sweep_stale_temps(store.path(""))
     _check_output(store, config.overwrite)
-    job, provenance = _job_fingerprint(config, files, tok.info.fingerprint, dtype)
-    return PackPlan(tok, dtype, tasks, store, job, provenance)
+    job, provenance = _job_fingerprint(config, files, tok.info.fingerprint, dtype, records)
+    return PackPlan(tok, dtype, tasks, store, job, provenance, inputs, records)
 
 
-def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = None) -> PackResult:
-    """Pack ``config.inputs`` into a dataset at ``config.output``.
+def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = None,
+         records: RecordSource | None = None) -> PackResult:
+    """Pack ``config.inputs`` (or ``records``) into a dataset at ``config.output``.
 
     Returns:
         The manifest written and the final totals.
@@ -346,8 +267,8 @@ def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = N
         FastdataInputError: a bad record under ``on_error=raise``.
         FastdataIOError: the output cannot be written.
     """
-    plan = plan_pack(config)
-    tasks, store = plan.tasks, plan.store
+    plan = plan_pack(config, records)
+    store = plan.store
     totals = PackProgress()
     journal = _Journal(store, plan.job, totals)
     if config.overwrite:
@@ -356,17 +277,20 @@ def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = N
         journal.load()
     start_task, skip_docs = journal.position
     sink = _ShardSink(config, store, plan.dtype, journal)
+    next_task = start_task
     try:
-        results = _ordered_results(tasks[start_task:], config.encode, config.workers)
+        stream = itertools.islice(plan.stream(config.encode), start_task, None)
+        results = ordered_results(stream, config.encode, config.workers, plan.fetch(config.encode))
         for i, result in enumerate(results, start=start_task):
             first = skip_docs if i == start_task else 0
             if first:
                 result = _drop_docs(result, first)
             sink.add(i, first, result)
             _tally(totals, result)
+            next_task = i + 1
             if progress:
                 progress(totals)
-        sink.finish(len(tasks))
+        sink.finish(next_task)
     finally:
         sink.close()
     return PackResult(write_manifest(plan, config, journal.shards), totals)

@@ -13,11 +13,12 @@ import gzip
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Union
 
 from fastdata.errors import FastdataConfigError, FastdataInputError
+from fastdata.pack.fetched import Fetched
 
 #: Byte size of the blocks that splittable line-oriented files are cut into.
 BLOCK_BYTES = 1 << 20
@@ -25,6 +26,8 @@ BLOCK_BYTES = 1 << 20
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 COMPRESSED = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+#: Opens an input for planning: local files, or remote objects (``pack/inputs.py``).
+Opener = Callable[[str], IO[bytes]]
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,10 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     return files
 
 
-def _line_blocks(path: str, size: int) -> Iterator[tuple[int, int]]:
-    """Cut ``path`` into byte ranges of about BLOCK_BYTES that end after a newline."""
+def _line_blocks(f: IO[bytes], size: int) -> Iterator[tuple[int, int]]:
+    """Cut ``f`` into byte ranges of about BLOCK_BYTES that end after a newline."""
     start = 0
-    with open(path, "rb") as f:
+    with f:
         while start < size:
             end = start + BLOCK_BYTES
             if end >= size:
@@ -112,19 +115,27 @@ def _line_blocks(path: str, size: int) -> Iterator[tuple[int, int]]:
             start = end
 
 
-def plan_tasks(files: Sequence[str], options: ReadOptions) -> list[Task]:
-    """The ordered tasks covering ``files``."""
+def _open_local(path: str) -> IO[bytes]:
+    return open(path, "rb")
+
+
+def plan_tasks(files: Sequence[str], options: ReadOptions, sizes: Sequence[int] | None = None,
+               opener: Opener = _open_local) -> list[Task]:
+    """The ordered tasks covering ``files`` (of ``sizes`` bytes, opened with ``opener``;
+    local files by default)."""
     tasks: list[Task] = []
-    for path in files:
+    for k, path in enumerate(files):
         kind, codec = _kind_of(path, options)
-        size = os.path.getsize(path)
+        size = os.path.getsize(path) if sizes is None else sizes[k]
         if kind in ("jsonl", "lines") and codec is None:
-            tasks.extend(Task(kind, path, s, e, None, e - s) for s, e in _line_blocks(path, size))
+            tasks.extend(Task(kind, path, s, e, None, e - s)
+                         for s, e in _line_blocks(opener(path), size))
         elif kind == "parquet":
             import pyarrow.parquet as pq
 
             try:
-                meta = pq.ParquetFile(path).metadata
+                with opener(path) as f:
+                    meta = pq.ParquetFile(f).metadata
             except Exception as e:  # pyarrow raises several unrelated types for a bad file
                 raise FastdataInputError(f"{path}: not a readable Parquet file: {e}") from None
             groups = max(meta.num_row_groups, 1)
@@ -134,14 +145,24 @@ def plan_tasks(files: Sequence[str], options: ReadOptions) -> list[Task]:
     return tasks
 
 
-def _open_text_stream(task: Task) -> IO[bytes]:
+#: What a worker gets with a task besides its description: the fetched bytes of a remote
+#: input, or the records of a Python iterable (``pack/records.py``); None for local files.
+TaskData = Union[Fetched, "tuple[Record, ...]", None]
+
+
+def _open(task: Task, data: TaskData) -> IO[bytes]:
+    """The task's input file: local, or the byte ranges fetched for it."""
+    return data.open() if isinstance(data, Fetched) else open(task.path, "rb")
+
+
+def _open_text_stream(task: Task, data: TaskData) -> IO[bytes]:
     if task.codec == "gzip":
-        return gzip.open(task.path, "rb")
+        return gzip.open(task.path if data is None else _open(task, data), "rb")
     if task.codec == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(open(task.path, "rb"), closefd=True)
-    return open(task.path, "rb")
+        return zstandard.ZstdDecompressor().stream_reader(_open(task, data), closefd=True)
+    return _open(task, data)
 
 
 def _first_line_number(task: Task) -> int:
@@ -158,9 +179,9 @@ def _first_line_number(task: Task) -> int:
     return count + 1
 
 
-def _lines(task: Task) -> Iterator[bytes]:
+def _lines(task: Task, data: TaskData) -> Iterator[bytes]:
     """The lines of a line-oriented task, without their line ends."""
-    with _open_text_stream(task) as raw:
+    with _open_text_stream(task, data) as raw:
         stream = io.BufferedReader(raw) if task.codec else raw  # type: ignore[arg-type]
         if task.codec is None:
             stream.seek(task.start)
@@ -177,11 +198,14 @@ def _lines(task: Task) -> Iterator[bytes]:
 class _LineLocator:
     """Names ``file:line`` for the n-th line of a task, counting earlier lines lazily."""
 
-    def __init__(self, task: Task) -> None:
-        self.task = task
+    def __init__(self, task: Task, data: TaskData) -> None:
+        self.task, self.data = task, data
         self._first: int | None = None if task.start else 1
 
     def __call__(self, n: int) -> str:
+        if self._first is None and isinstance(self.data, Fetched):
+            # a block of a remote file: the lines before it were never read, so name the byte
+            return f"{self.task.path}:byte {self.data.line_offset(self.task.start, n)}"
         if self._first is None:
             self._first = _first_line_number(self.task)
         return f"{self.task.path}:{self._first + n}"
@@ -217,7 +241,7 @@ def _field_value(obj: Any, options: ReadOptions) -> tuple[Any, str | None]:
     return value, None
 
 
-def _arrow_texts(task: Task, options: ReadOptions) -> list[str] | None:
+def _arrow_texts(task: Task, options: ReadOptions, data: TaskData = None) -> list[str] | None:
     """The text field of every line of a plain JSONL block, parsed by Arrow's C++ reader.
 
     Only for the clean case: any problem (invalid JSON or UTF-8, a missing or non-string
@@ -226,22 +250,22 @@ def _arrow_texts(task: Task, options: ReadOptions) -> list[str] | None:
     import pyarrow as pa
     import pyarrow.json as pj
 
-    with open(task.path, "rb") as f:
+    with _open(task, data) as f:
         f.seek(task.start)
-        data = f.read(task.end - task.start)
+        block = f.read(task.end - task.start)
     schema = pa.schema([(options.text_field, pa.string())])
     try:
         table = pj.read_json(
-            pa.BufferReader(data),
-            read_options=pj.ReadOptions(use_threads=False, block_size=max(len(data), 1 << 20)),
+            pa.BufferReader(block),
+            read_options=pj.ReadOptions(use_threads=False, block_size=max(len(block), 1 << 20)),
             parse_options=pj.ParseOptions(explicit_schema=schema,
                                           unexpected_field_behavior="ignore"),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     column = table.column(0)
-    if column.null_count or table.num_rows != data.count(b"\n") + (not data.endswith(b"\n")) \
-            - _blank_lines(data):
+    if column.null_count or table.num_rows != block.count(b"\n") + (not block.endswith(b"\n")) \
+            - _blank_lines(block):
         return None
     try:
         return column.to_pylist()
@@ -253,14 +277,14 @@ def _blank_lines(data: bytes) -> int:
     return sum(1 for line in data.split(b"\n") if not line.strip()) - (data.endswith(b"\n"))
 
 
-def _read_jsonl(task: Task, options: ReadOptions) -> Iterator[Record]:
+def _read_jsonl(task: Task, options: ReadOptions, data: TaskData) -> Iterator[Record]:
     if task.codec is None and not (options.chat or options.pretokenized):
-        texts = _arrow_texts(task, options)
+        texts = _arrow_texts(task, options, data)
         if texts is not None:
             yield from (Record(task.path, t) for t in texts)
             return
-    where = _LineLocator(task)
-    for n, line in enumerate(_lines(task)):
+    where = _LineLocator(task, data)
+    for n, line in enumerate(_lines(task, data)):
         if not line.strip():
             continue
         text, problem = _decode(line)
@@ -272,26 +296,26 @@ def _read_jsonl(task: Task, options: ReadOptions) -> Iterator[Record]:
         yield Record(where(n), value if problem is None else None, problem)
 
 
-def _read_lines(task: Task, options: ReadOptions) -> Iterator[Record]:
-    where = _LineLocator(task)
-    for n, line in enumerate(_lines(task)):
+def _read_lines(task: Task, options: ReadOptions, data: TaskData) -> Iterator[Record]:
+    where = _LineLocator(task, data)
+    for n, line in enumerate(_lines(task, data)):
         if not line.strip():
             continue  # blank lines separate nothing and are not documents
         text, problem = _decode(line)
         yield Record(where(n), text, problem)
 
 
-def _read_text(task: Task, options: ReadOptions) -> Iterator[Record]:
-    with _open_text_stream(task) as f:
-        data = f.read()
-    text, problem = _decode(data)
+def _read_text(task: Task, options: ReadOptions, data: TaskData) -> Iterator[Record]:
+    with _open_text_stream(task, data) as f:
+        body = f.read()
+    text, problem = _decode(body)
     yield Record(task.path, text, problem.replace("line", "file") if problem else None)
 
 
-def _read_parquet(task: Task, options: ReadOptions) -> Iterator[Record]:
+def _read_parquet(task: Task, options: ReadOptions, data: TaskData) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(task.path)
+    pf = pq.ParquetFile(_open(task, data) if data is not None else task.path)
     key = options.messages_field if options.chat else options.text_field
     if key not in pf.schema_arrow.names:
         raise FastdataInputError(
@@ -305,11 +329,11 @@ def _read_parquet(task: Task, options: ReadOptions) -> Iterator[Record]:
         yield Record(f"{task.path}:row {first_row + i}", value, problem)
 
 
-def _read_tar(task: Task, options: ReadOptions) -> Iterator[Record]:
+def _read_tar(task: Task, options: ReadOptions, data: TaskData) -> Iterator[Record]:
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     members = (options.wds_member,) if options.wds_member else ("txt", "text", "json")
-    with open(task.path, "rb") as f:
+    with _open(task, data) as f:
         for sample in group_by_keys(tar_file_expander([{"url": task.path, "stream": f}])):
             where = f"{task.path}:{sample['__key__']}"
             ext = next((m for m in members if m in sample), None)
@@ -334,6 +358,10 @@ _READERS = {
 }
 
 
-def read_task(task: Task, options: ReadOptions) -> Iterator[Record]:
-    """The records of ``task`` in order."""
-    return _READERS[task.kind](task, options)
+def read_task(task: Task, options: ReadOptions, data: TaskData = None) -> Iterator[Record]:
+    """The records of ``task`` in order (``data``: what came with it, see :data:`TaskData`)."""
+    if task.kind in ("records", "arrow"):
+        from fastdata.pack.records import read_records
+
+        return read_records(task, options, data)
+    return _READERS[task.kind](task, options, data)
