@@ -30,7 +30,7 @@ from fastdata.loader.dataset import TokenDataset
 from fastdata.loader.job_view import job_view
 from fastdata.loader.prefetch import Prefetcher
 from fastdata.loader.stalls import Made, Stalls, made, shares
-from fastdata.loader.state import StreamState, check_identity, parse_state
+from fastdata.loader.state import StreamState, parse_state
 from fastdata.sampling.order import EpochOrder, Stripe
 from fastdata.world import World
 
@@ -133,7 +133,8 @@ class DataLoader:
         epoch, step = self._position or (self._next_epoch, 0)
         if step >= self.dataset.epoch_order(epoch, self.world).num_steps:
             epoch, step = epoch + 1, 0
-        return StreamState(epoch, step, self.dataset.identity(self.world)).to_dict()
+        mixture = self.dataset.mixture_at(epoch, step, self.world)  # a blend's per-source cursors
+        return StreamState(epoch, step, self.dataset.identity(self.world), mixture=mixture).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any] | str) -> None:
         """Make the next ``iter(loader)`` continue exactly where ``state`` was taken.
@@ -148,7 +149,7 @@ class DataLoader:
         if parsed.lane is not None:
             raise FastdataStateError("state field 'lane' is set: this is one worker's state from a "
                                      "stock DataLoader, not a fastdata.DataLoader state")
-        check_identity(parsed.identity, self.dataset.identity(self.world))
+        parsed = self.dataset.adopt_state(parsed, self.world)  # checks it; a blend continues from its cursors
         steps = self.dataset.epoch_order(parsed.epoch, self.world).num_steps
         if parsed.step > steps:
             raise FastdataStateError(

@@ -21,31 +21,23 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from fastdata.dataset import Dataset, open_dataset
+from fastdata.dataset import Dataset
 from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.format.reader import permute
 from fastdata.loader.batch import BatchAssembler, SampleConfig
+from fastdata.loader.blend import BlendAssembler
+from fastdata.loader.mixture import Schedule
+from fastdata.loader.sources import Source, as_sources, mixture_of, open_source
 from fastdata.loader.state import StreamState, check_identity, identity_of, parse_state
 from fastdata.loader.stepping import step_items
-from fastdata.megatron import megatron_prefix, open_megatron
 from fastdata.sampling.blend import BlendOrder
 from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace, Stripe, document_space, packed_space
+from fastdata.sampling.sources import IdSpace, concat, first_uses, split_key
 from fastdata.storage.remote import redact
 from fastdata.units import parse_size
 from fastdata.world import World
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Source:
-    """One dataset of a blend. Without weights, sources are weighted by their sample counts."""
-
-    url: str
-    weight: float | None = None
-
-    def __repr__(self) -> str:  # a SAS query in the URL is a credential
-        return f"Source(url={redact(self.url)!r}, weight={self.weight!r})"
 
 
 @dataclass(frozen=True)
@@ -75,6 +67,10 @@ class TokenDataset(IterableDataset):
         cache_limit: bytes (or "400GB") the node cache may hold, temp files included; with
             it the cache is shared by every process on the node and evicts what no process
             holds, the shard needed farthest in the future first.
+        mixture_schedule: a blend's weights by global step, ``[(0, weights), (step, weights)]``
+            (a list, or a mapping by source URL or index); docs/loader.md, "Changing the mixture".
+        allow_mixture_change: resume a blend from a state saved under other weights or sources;
+            each source continues its own epoch, a new one starts at its epoch 0.
 
     Raises:
         FastdataConfigError: the settings are invalid or the dataset has no sample.
@@ -85,13 +81,14 @@ class TokenDataset(IterableDataset):
         batch_size: int | None = None, sampling: Mapping[str, Any] | None = None,
         order: OrderOptions | None = None, world: World | None = None,
         storage_options: Mapping[str, Any] | None = None, cache_dir: str | None = None,
-        cache_limit: int | str | None = None,
+        cache_limit: int | str | None = None, mixture_schedule: Schedule | None = None,
+        allow_mixture_change: bool = False,
     ) -> None:
         super().__init__()
         self.samples = SampleConfig(seq_len=seq_len, **dict(sampling or {}))
-        given = _as_sources(source)
+        given = as_sources(source)
         self.datasets: list[Dataset] = [
-            _open_source(s.url, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
+            open_source(s.url, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
             for s in given]
         # a SAS query in a URL is a credential: only the opened stores keep it (never pickled)
         self.sources = [Source(redact(s.url), s.weight) for s in given]
@@ -106,8 +103,9 @@ class TokenDataset(IterableDataset):
                     f"({d.num_tokens} tokens, {d.num_docs} documents); use a shorter "
                     "seq_len or more data")
         self.data = self.datasets[0]
-        self.space = self.spaces[0] if len(self.spaces) == 1 else _concat(self.spaces)
-        self.weights = _weights(self.sources, self.spaces)
+        self.space = self.spaces[0] if len(self.spaces) == 1 else concat(self.spaces)
+        self.mixture = mixture_of(given, self.datasets, self.spaces, mixture_schedule, allow_mixture_change)
+        self.weights = self.mixture.weights if self.mixture is not None else None
         if self.weights is not None and (self.samples.doc_ids or self.samples.mode == "bestfit"):
             raise FastdataConfigError("doc_ids / cu_seqlens / bestfit are not for blends of sources")
         self.shuffle, self.seed = shuffle, seed
@@ -118,7 +116,7 @@ class TokenDataset(IterableDataset):
         self.fit_cache()
         World.detect(world)  # fail now if the configured world contradicts the process group
         self.world = world
-        self._assembler: BatchAssembler | _BlendAssembler | None = None
+        self._assembler: BatchAssembler | BlendAssembler | None = None
         self._orders: dict[tuple[int, int], EpochOrder | BlendOrder] = {}
         self._pending: StreamState | None = None
         self._position: tuple[int, int] = (0, 0)  # (epoch, next step) as yielded in-process
@@ -153,10 +151,11 @@ class TokenDataset(IterableDataset):
         order = self._orders.get(key)
         if order is None:
             fingerprints = [d.manifest.fingerprint for d in self.datasets]
-            if self.weights is None:
+            if self.mixture is None:
                 order = self.assembler().epoch_order(self.space, config, epoch, fingerprints[0])
             else:
-                order = BlendOrder(self.spaces, self.weights, config, epoch, fingerprints, permute)
+                plan = self.mixture.plan(config.global_batch)
+                order = BlendOrder(self.spaces, plan, config, epoch, fingerprints, permute)
             self._orders = {key: order}
             if config.partitions % world.num_nodes:
                 log.warning("%d partitions do not divide among %d nodes: nodes will share shards",
@@ -165,9 +164,7 @@ class TokenDataset(IterableDataset):
 
     def identity(self, world: World) -> dict[str, Any]:
         c = self.order_config(world)
-        dataset = self.data.manifest.fingerprint
-        if self.weights is not None:
-            dataset = "+".join(f"{d.manifest.fingerprint}*{w:g}" for d, w in zip(self.datasets, self.weights))
+        dataset = self.data.manifest.fingerprint if self.mixture is None else self.mixture.identity()
         return identity_of(dataset=dataset, seq_len=self.samples.seq_len,
                            mode=self.samples.order_mode, seed=c.seed, shuffle=c.shuffle, window=c.window,
                            global_batch=c.global_batch, partitions=c.partitions, drop_last=c.drop_last)
@@ -175,11 +172,10 @@ class TokenDataset(IterableDataset):
     def steps_per_epoch(self, world: World | None = None) -> int:
         return self.epoch_order(0, world or self.resolved_world()).num_steps
 
-    def assembler(self) -> BatchAssembler | _BlendAssembler:
+    def assembler(self) -> BatchAssembler | BlendAssembler:
         if self._assembler is None:
             parts = [BatchAssembler(d, self.samples) for d in self.datasets]
-            offsets = np.concatenate([[0], np.cumsum([s.num_samples for s in self.spaces])])
-            self._assembler = parts[0] if len(parts) == 1 else _BlendAssembler(parts, offsets)
+            self._assembler = parts[0] if len(parts) == 1 else BlendAssembler(parts, IdSpace(self.spaces))
         return self._assembler
 
     @property
@@ -189,45 +185,20 @@ class TokenDataset(IterableDataset):
 
     def shards_of(self, order: EpochOrder | BlendOrder, stripe: Stripe, step: int) -> np.ndarray:
         """Shards (as ``source << 40 | shard``) that this rank's micro-batch of ``step`` reads."""
-        return self.shard_keys(order.slots(step, stripe.lo, stripe.hi))
-
-    def shard_keys(self, ids: np.ndarray) -> np.ndarray:
-        """Shards (as ``source << 40 | shard``) that reading samples ``ids`` touches."""
-        if len(self.datasets) == 1:
-            return self.assembler().shards_of(ids)
-        offsets = np.concatenate([[0], np.cumsum([s.num_samples for s in self.spaces])])
-        source = np.searchsorted(offsets, ids, side="right") - 1
-        keys = [(int(s) << 40) | self.assembler().parts[int(s)].shards_of(ids[source == s] - offsets[s])
-                for s in np.unique(source[ids >= 0])]
-        return np.concatenate(keys) if keys else np.zeros(0, np.int64)
+        return self.assembler().shards_of(order.slots(step, stripe.lo, stripe.hi))
 
     def first_uses(self, order: EpochOrder | BlendOrder, stripe: Stripe, lo: int, hi: int
                    ) -> tuple[np.ndarray, np.ndarray]:
         """(step, shard key) of each shard this rank first reads in steps ``[lo, hi)``, in that
         order: one vectorised pass for a whole block of steps (the prefetcher's walk)."""
         ids = order.slots(np.arange(lo, hi, dtype=np.int64), stripe.lo, stripe.hi)
-        flat = ids.ravel()
-        keys = np.full(len(flat), -1, dtype=np.int64)
-        if len(self.datasets) == 1:
-            real = flat >= 0
-            keys[real] = self.assembler().shard_of_each(flat[real])
-        else:
-            offsets = np.concatenate([[0], np.cumsum([s.num_samples for s in self.spaces])])
-            source = np.searchsorted(offsets, flat, side="right") - 1
-            for src in np.unique(source[flat >= 0]):
-                mine = (source == src) & (flat >= 0)
-                part = self.assembler().parts[int(src)]
-                keys[mine] = (int(src) << 40) | part.shard_of_each(flat[mine] - offsets[src])
-        real = np.flatnonzero(keys >= 0)
-        uniq, first = np.unique(keys[real], return_index=True)
-        at = real[first]
-        by_use = np.argsort(at, kind="stable")
-        return lo + at[by_use] // max(1, ids.shape[1]), uniq[by_use]
+        steps, keys = first_uses(ids, self.assembler().shard_of_each)
+        return lo + steps, keys
 
     def fetch_shard(self, key: int, step: int) -> int:
         """Make sure shard ``key`` (from :meth:`shards_of`) is cached; returns its raw size."""
-        data = self.datasets[key >> 40]
-        shard = key & ((1 << 40) - 1)
+        source, shard = split_key(key)
+        data = self.datasets[source]
         _, release = data.files.acquire(shard, next_use=step, ahead=True)
         release()
         return data.shards[shard].raw_bytes
@@ -301,11 +272,11 @@ class TokenDataset(IterableDataset):
         cache a process keeps only a few mapped (and pinned), so a larger gather would unpin
         shards it still reads, and a tight cache could evict and fetch them again."""
         limit = min(d.max_open_shards for d in self.datasets)
-        if len(ids) <= 1 or limit >= ids.size or len(self.shard_keys(ids.ravel())) <= limit:
+        if len(ids) <= 1 or limit >= ids.size or len(self.assembler().shards_of(ids.ravel())) <= limit:
             return [(0, len(ids))]
         groups, start, seen = [], 0, np.zeros(0, np.int64)
         for i, row in enumerate(ids):
-            shards = self.shard_keys(row)
+            shards = self.assembler().shards_of(row)
             union = np.union1d(seen, shards)
             if len(union) > limit and i > start:
                 groups.append((start, i))
@@ -340,7 +311,8 @@ class TokenDataset(IterableDataset):
         worker, num_workers = World.current_worker()
         epoch, step = self._position
         lane = (worker, num_workers) if num_workers > 1 else None
-        return StreamState(epoch, step, self.identity(world), lane).to_dict()
+        mixture = self.mixture_at(epoch, step, world)
+        return StreamState(epoch, step, self.identity(world), lane, mixture).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any] | str) -> None:
         """Resume the next iteration exactly where ``state`` was taken.
@@ -348,14 +320,27 @@ class TokenDataset(IterableDataset):
         Raises:
             FastdataStateError: the state is malformed or was saved with other settings.
         """
-        parsed = parse_state(state)
         world = self.resolved_world()
-        check_identity(parsed.identity, self.identity(world))
+        parsed = self.adopt_state(parse_state(state), world)
         steps = self.epoch_order(parsed.epoch, world).num_steps
         if parsed.step > steps + (parsed.lane[1] if parsed.lane else 0):
             raise FastdataStateError(
                 f"state field 'step' is {parsed.step} but epoch {parsed.epoch} has only {steps} steps")
         self._pending = parsed
+
+    def mixture_at(self, epoch: int, step: int, world: World) -> Any:
+        """A blend's per-source cursors before ``step`` of ``epoch`` (None for one source)."""
+        return self.mixture and self.mixture.at(epoch, step, self.order_config(world).global_batch)
+
+    def adopt_state(self, state: StreamState, world: World) -> StreamState:
+        """Check a parsed state against this stream and return it as this stream would save
+        it; a blend goes on from the state's per-source cursors (:meth:`Mixture.adopt`)."""
+        current = self.identity(world)
+        if self.mixture is None:
+            check_identity(state.identity, current)
+            return state
+        self._orders = {}
+        return self.mixture.adopt(state, current, self.order_config(world).global_batch)
 
     def take_start(self, world: World) -> tuple[int, int, bool]:
         """(epoch, first step, whether ``step`` is this worker's own lane position)."""
@@ -392,61 +377,6 @@ class TokenDataset(IterableDataset):
                 yield item
         first_next = worker if num_workers > 1 else 0
         self._position = (epoch + 1, first_next)
-
-
-def _open_source(url: str, **options: Any) -> Dataset:
-    """A fastdata dataset, or a Megatron ``.bin``/``.idx`` pair read in place (docs/megatron.md)."""
-    return open_megatron(url, **options) if megatron_prefix(url) else open_dataset(url, **options)
-
-
-def _as_sources(source: str | Source | Sequence[Source]) -> list[Source]:
-    if isinstance(source, str):
-        return [Source(source)]
-    if isinstance(source, Source):
-        return [source]
-    sources = [Source(s) if isinstance(s, str) else s for s in source]
-    if not sources or not all(isinstance(s, Source) for s in sources):
-        raise FastdataConfigError("source must be a path/URL, a fastdata.Source or a list of them")
-    return sources
-
-
-def _weights(sources: Sequence[Source], spaces: Sequence[SampleSpace]) -> list[float] | None:
-    """Blend weights, or None for a single source."""
-    if len(sources) == 1:
-        return None
-    given = [s.weight for s in sources]
-    if all(w is None for w in given):
-        return [float(space.num_samples) for space in spaces]
-    if any(w is None for w in given):
-        raise FastdataConfigError("give every source a weight, or none of them")
-    return [float(w) for w in given]  # type: ignore[arg-type]
-
-
-def _concat(spaces: Sequence[SampleSpace]) -> SampleSpace:
-    """The spaces one after the other (global ids of a blend)."""
-    offsets = np.cumsum([0] + [s.num_samples for s in spaces])
-    parts = [spaces[0].first] + [s.first[1:] + o for s, o in zip(spaces[1:], offsets[1:])]
-    return SampleSpace(np.concatenate(parts))
-
-
-class _BlendAssembler:
-    """Assembles rows of several sources; global id = offsets[source] + local id."""
-
-    def __init__(self, parts: Sequence[BatchAssembler], offsets: np.ndarray) -> None:
-        self.parts, self.offsets = parts, offsets
-
-    def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        source = np.maximum(np.searchsorted(self.offsets, ids, side="right") - 1, 0)
-        out: dict[str, np.ndarray] = {}
-        for s in np.unique(source):
-            rows = np.flatnonzero(source == s)
-            local = np.where(ids[rows] >= 0, ids[rows] - self.offsets[s], -1)
-            for key, value in self.parts[int(s)](local).items():
-                if key not in out:
-                    out[key] = np.empty((len(ids),) + value.shape[1:], dtype=value.dtype)
-                out[key][rows] = value
-        out["sample_ids"] = ids.astype(np.int64)
-        return out
 
 
 #: Shards a process keeps mapped (and so pinned in a node cache) at once.

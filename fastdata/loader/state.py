@@ -4,6 +4,12 @@ A state names the next global step to deliver and everything the order depends o
 Loading a state into a stream whose order would differ (another dataset, seed, global
 batch, sequence length, ...) raises :class:`FastdataStateError` naming the field and
 both values, instead of silently starting somewhere else.
+
+Version 2 adds ``mixture`` to the states of blends: one entry per source with its id
+(manifest fingerprint), a short name, its weight at that step and its cursor (its own
+epoch, samples of that epoch consumed, the quota that epoch's order started under), so a
+blend can go on under other weights (docs/loader.md, "Changing the mixture"). States
+without it are still written (and read) as version 1.
 """
 
 from __future__ import annotations
@@ -15,10 +21,28 @@ from typing import Any
 
 from fastdata.errors import FastdataStateError
 
-VERSION = 1
+VERSION = 2
+#: Versions this fastdata reads.
+READS = (1, 2)
 #: Fields of the order's identity, compared on load.
 IDENTITY_FIELDS = ("dataset", "seq_len", "mode", "seed", "shuffle", "window", "global_batch",
                    "partitions", "drop_last")
+
+
+@dataclass(frozen=True)
+class SourceCursor:
+    """One source's entry in a blend state: where its own stream of epochs stands."""
+
+    id: str  #: the source's manifest fingerprint ("#n" added for its n-th repeat in a blend)
+    name: str  #: short name for messages (the last part of its URL)
+    weight: float  #: its weight at the state's step
+    epoch: int  #: its own epoch
+    offset: int  #: samples of that epoch consumed
+    quota: int  #: slots per step that epoch's order was started with
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "weight": self.weight, "epoch": self.epoch,
+                "offset": self.offset, "quota": self.quota}
 
 
 @dataclass(frozen=True)
@@ -34,16 +58,21 @@ class StreamState:
     step: int
     identity: Mapping[str, Any]
     lane: tuple[int, int] | None = None
+    mixture: tuple[SourceCursor, ...] | None = None  #: per-source cursors of a blend
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": VERSION, "epoch": self.epoch, "step": self.step,
-                "lane": list(self.lane) if self.lane else None, "identity": dict(self.identity)}
+        doc = {"version": 1 if self.mixture is None else VERSION, "epoch": self.epoch, "step": self.step,
+               "lane": list(self.lane) if self.lane else None, "identity": dict(self.identity)}
+        if self.mixture is not None:
+            doc["mixture"] = [c.to_dict() for c in self.mixture]
+        return doc
 
 
-def _int(doc: Mapping[str, Any], key: str, minimum: int = 0) -> int:
+def _int(doc: Mapping[str, Any], key: str, minimum: int = 0, where: str = "") -> int:
     value = doc.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise FastdataStateError(f"state field {key!r} must be an integer >= {minimum}, got {value!r}")
+        name = f"{where}.{key}" if where else key
+        raise FastdataStateError(f"state field {name!r} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -58,9 +87,9 @@ def parse_state(state: Mapping[str, Any] | str | bytes) -> StreamState:
     if not isinstance(state, Mapping):
         raise FastdataStateError(f"state must be a JSON object, got {type(state).__name__}")
     version = state.get("version")
-    if version != VERSION:
+    if version not in READS or isinstance(version, bool):
         raise FastdataStateError(
-            f"state field 'version' is {version!r}; this fastdata reads version {VERSION}")
+            f"state field 'version' is {version!r}; this fastdata reads versions {list(READS)}")
     identity = state.get("identity")
     if not isinstance(identity, Mapping):
         raise FastdataStateError("state field 'identity' is missing or not an object")
@@ -71,13 +100,37 @@ def parse_state(state: Mapping[str, Any] | str | bytes) -> StreamState:
         if not ok:
             raise FastdataStateError(f"state field 'lane' must be [worker, num_workers], got {lane!r}")
         lane = (lane[0], lane[1])
-    return StreamState(_int(state, "epoch"), _int(state, "step"), dict(identity), lane)
+    mixture = _mixture(state.get("mixture")) if version >= 2 else None
+    return StreamState(_int(state, "epoch"), _int(state, "step"), dict(identity), lane, mixture)
 
 
-def check_identity(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
-    """Raise unless the saved order identity equals the current one, field by field."""
+def _mixture(entries: Any) -> tuple[SourceCursor, ...] | None:
+    if entries is None:
+        return None
+    if not isinstance(entries, list) or not entries:
+        raise FastdataStateError(f"state field 'mixture' must be a list of sources, got {entries!r}")
+    out = []
+    for i, doc in enumerate(entries):
+        where = f"mixture[{i}]"
+        if not isinstance(doc, Mapping):
+            raise FastdataStateError(f"state field {where!r} must be an object, got {doc!r}")
+        ident, name, weight = doc.get("id"), doc.get("name"), doc.get("weight")
+        if not isinstance(ident, str) or not isinstance(name, str):
+            raise FastdataStateError(f"state field '{where}.id' / '{where}.name' must be strings")
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight >= 0:
+            raise FastdataStateError(f"state field '{where}.weight' must be a number >= 0, got {weight!r}")
+        out.append(SourceCursor(ident, name, float(weight), _int(doc, "epoch", where=where),
+                                _int(doc, "offset", where=where), _int(doc, "quota", 1, where)))
+    if len({c.id for c in out}) != len(out):
+        raise FastdataStateError("state field 'mixture' names a source twice")
+    return tuple(out)
+
+
+def check_identity(saved: Mapping[str, Any], current: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """Raise unless the saved order identity equals the current one, field by field
+    (but the fields in ``skip``)."""
     for key in IDENTITY_FIELDS:
-        if saved.get(key) != current.get(key):
+        if key not in skip and saved.get(key) != current.get(key):
             raise FastdataStateError(
                 f"cannot resume: state field {key!r} is {saved.get(key)!r} but this stream has "
                 f"{current.get(key)!r}; resume with the settings the state was saved with"

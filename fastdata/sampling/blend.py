@@ -7,19 +7,23 @@ batch ``g_s``: at absolute step ``K`` (epoch × steps per epoch + step) it is at
 ``K mod S_s`` of its own epoch ``K // S_s``. A heavily weighted source therefore repeats
 (with a fresh shuffle each time round) and a lightly weighted one is sampled partially;
 the blended epoch has ``Σ M_s // G`` steps. Everything is a pure function of the absolute
-step, so a resume needs only (epoch, step). Changing the weights changes every quota:
-a state saved with other weights is refused (the weights are part of the state's identity).
+step. Weights that change by step, and a resume under other weights, are
+:mod:`fastdata.sampling.mixture`'s: it says where each source stands at every step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastdata.errors import FastdataConfigError
 from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace
 from fastdata.sampling.permute import PermuteFn, permute_reference
+
+if TYPE_CHECKING:
+    from fastdata.sampling.mixture import MixturePlan
 
 
 def quotas(weights: Sequence[float], global_batch: int) -> np.ndarray:
@@ -51,54 +55,72 @@ def slot_pattern(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class BlendOrder:
-    """The order of a weighted blend; ``slots`` returns global ids ``offsets[s] + local id``."""
+    """The order of one epoch of a weighted blend; ``slots`` returns global ids
+    ``offsets[s] + local id``. Which samples each source gives at each step is the
+    :class:`~fastdata.sampling.mixture.MixturePlan`'s; blend step ``K`` of this epoch is
+    ``epoch * num_steps + step``."""
 
-    def __init__(self, spaces: Sequence[SampleSpace], weights: Sequence[float], config: OrderConfig,
+    def __init__(self, spaces: Sequence[SampleSpace], plan: MixturePlan, config: OrderConfig,
                  epoch: int, identities: Sequence[str], permute: PermuteFn = permute_reference) -> None:
-        self.config, self.epoch = config, epoch
-        self._q = quotas(weights, config.global_batch)
-        self._source, self._index = slot_pattern(self._q)
+        self.config, self.epoch, self.plan = config, epoch, plan
         self.offsets = np.concatenate([[0], np.cumsum([s.num_samples for s in spaces])])
         self._spaces, self._identities, self._permute = spaces, identities, permute
-        self._orders: dict[tuple[int, int], EpochOrder] = {}
-        self._steps = []
-        for s, space in enumerate(spaces):
-            steps = self._order(s, 0).num_steps
-            if steps == 0:
-                raise FastdataConfigError(
-                    f"source {s} has {space.num_samples} samples, fewer than its {self._q[s]} slots "
-                    "per global batch")
-            self._steps.append(steps)
+        self._orders: dict[tuple[int, int, int], EpochOrder] = {}
+        self._patterns: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.num_steps = int(self.offsets[-1]) // config.global_batch
 
-    def _order(self, source: int, epoch: int) -> EpochOrder:
-        key = (source, epoch)
+    def _order(self, source: int, epoch: int, quota: int) -> EpochOrder:
+        key = (source, epoch, quota)
         order = self._orders.get(key)
         if order is None:
-            g = int(self._q[source])
             c = self.config
-            sub = OrderConfig(g, g, seed=c.seed, shuffle=c.shuffle, window=c.window, drop_last=True)
+            sub = OrderConfig(quota, quota, seed=c.seed, shuffle=c.shuffle, window=c.window, drop_last=True)
             order = EpochOrder(self._spaces[source], sub, epoch, self._identities[source], self._permute)
             if len(self._orders) > 4 * len(self._spaces):
                 self._orders.clear()
             self._orders[key] = order
         return order
 
+    def _pattern(self, plan: MixturePlan, segment: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (id(plan), segment)
+        if key not in self._patterns:
+            self._patterns[key] = plan.segments[segment].pattern()
+        return self._patterns[key]
+
+    def _read(self, source: int, epoch: np.ndarray, offset: np.ndarray, quota: np.ndarray) -> np.ndarray:
+        """Local ids at (source epoch, offset, quota of that epoch's order), element-wise."""
+        out = np.empty(epoch.shape, dtype=np.int64)
+        pairs = np.unique(np.stack([epoch.ravel(), quota.ravel()], axis=1), axis=0)
+        for e, g in pairs.tolist():
+            mine = (epoch == e) & (quota == g)
+            step, slot = offset[mine] // g, offset[mine] % g
+            rows, inverse = np.unique(step, return_inverse=True)
+            lo, hi = int(slot.min()), int(slot.max()) + 1  # a rank's slots: one narrow band
+            out[mine] = self._order(source, e, g).slots(rows, lo, hi)[inverse.ravel(), slot - lo]
+        return out
+
     def slots(self, step: int | np.ndarray, lo: int, hi: int) -> np.ndarray:
         steps = np.asarray(step, dtype=np.int64)
         if steps.size and (steps.min() < 0 or steps.max() >= self.num_steps):
             raise IndexError(f"step {step} outside epoch of {self.num_steps} steps")
-        flat = steps.reshape(-1)
-        out = np.empty((len(flat), hi - lo), dtype=np.int64)
-        src, idx = self._source[lo:hi], self._index[lo:hi]
-        for s in np.unique(src):
-            cols = np.flatnonzero(src == s)
-            r_lo, r_hi = int(idx[cols[0]]), int(idx[cols[-1]]) + 1  # contiguous within the source
-            absolute = self.epoch * self.num_steps + flat
-            for row, k in enumerate(absolute):
-                order = self._order(int(s), int(k // self._steps[s]))
-                out[row, cols] = order.slots(int(k % self._steps[s]), r_lo, r_hi) + self.offsets[s]
+        absolute = self.epoch * self.num_steps + steps.reshape(-1)
+        out = np.empty((len(absolute), hi - lo), dtype=np.int64)
+        self._fill(self.plan, absolute, np.arange(len(absolute)), lo, hi, out)
         return out.reshape(steps.shape + (hi - lo,))
+
+    def _fill(self, plan: MixturePlan, absolute: np.ndarray, rows: np.ndarray, lo: int, hi: int,
+              out: np.ndarray) -> None:
+        segment = plan.segment_of(absolute[rows])
+        if plan.before is not None and np.any(segment < 0):  # before the anchor: the plan without it
+            self._fill(plan.before, absolute, rows[segment < 0], lo, hi, out)
+        for seg in np.unique(segment[segment >= 0]).tolist():
+            mine = rows[segment == seg]
+            source, index = self._pattern(plan, seg)
+            src, idx = source[lo:hi], index[lo:hi]
+            for s in np.unique(src).tolist():
+                cols = np.flatnonzero(src == s)
+                e, o, g = plan.positions(seg, s, absolute[mine], idx[cols])
+                out[np.ix_(mine, cols)] = self._read(s, e, o, g) + self.offsets[s]
 
     def global_batch(self, step: int) -> np.ndarray:
         return self.slots(step, 0, self.config.global_batch)
