@@ -27,6 +27,7 @@ from fastdata.format.manifest import ShardInfo
 from fastdata.format.reader import open_shard
 from fastdata.format.writer import WrittenFile, write_shard
 from fastdata.pack.encode import EncodeOptions, TaskResult, encode_task
+from fastdata.pack.inputs import Inputs, InputSpec
 from fastdata.pack.shards import Pieces, ShardForm, publish_shard
 from fastdata.pack.sources import Task
 from fastdata.storage.remote import Store
@@ -46,6 +47,8 @@ class Area:
     form: ShardForm
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     env: tuple[tuple[str, str | None], ...] = ()  #: variables to set (None: unset) in the task
+    #: the remote inputs and their storage options: each encode task fetches its own bytes
+    inputs: InputSpec = field(default_factory=lambda: ((), {}), repr=False)
 
     def open(self) -> Store:
         """Set the task's environment and open the output (once per worker process and job).
@@ -63,9 +66,16 @@ class Area:
             _STORES[key] = Store(self.url, self.storage_options)
         return _STORES[key]
 
+    def open_inputs(self) -> Inputs:
+        """The remote inputs' stores (once per worker process and job)."""
+        if self.job not in _INPUTS:
+            _INPUTS[self.job] = Inputs.from_spec(self.inputs)
+        return _INPUTS[self.job]
+
 
 #: The output of the current job in this worker: one Store (one fsspec client) for all its tasks.
 _STORES: dict[tuple[str, str], Store] = {}
+_INPUTS: dict[str, Inputs] = {}
 
 
 @dataclass
@@ -140,7 +150,7 @@ def encode(area: Area, index: int, task: Task, options: EncodeOptions) -> Encode
             except (FastdataError, KeyError, TypeError, ValueError) as e:
                 log.warning("encoding task %d again: %s", index, e)
         pause_point(f"ray_encode_{index}")
-        result = encode_task(task, options)
+        result = encode_task(task, options, area.open_inputs().fetch(task, options.read))
         written = _publish_segment(store, name, result, staging)
     record = {"job": area.job, "task": asdict(task), "segment": (written.size, written.xxh3_128),
               "input_bytes": result.input_bytes, "skipped": dict(result.skipped),
