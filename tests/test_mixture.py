@@ -216,6 +216,13 @@ def test_a_single_source_grows_into_a_blend(corpora):
     assert flat(new["web"]) == whole[CHANGE * G : CHANGE * G + 240]  # its epoch goes on, in order
     with pytest.raises(fastdata.FastdataStateError, match="'dataset'"):
         blend(corpora, {"web": 1, "code": 1}).load_state_dict(cut.state_dict())
+    four = fastdata.OrderOptions(partitions=4)  # its order is not a blend source's: refused
+    other = fastdata.DataLoader(fastdata.TokenDataset(corpora["web"], seq_len=SEQ, seed=SEED, order=four),
+                                batch_size=G, num_workers=0)
+    run(other, 3)
+    with pytest.raises(fastdata.FastdataStateError, match="'partitions' is 4"):
+        blend(corpora, {"web": 1, "code": 1}, order=four, allow_mixture_change=True).load_state_dict(
+            other.state_dict())
 
 
 def test_schedule_resumes_exactly_on_either_side_of_a_change(corpora, old, changed):

@@ -152,6 +152,10 @@ def _saved_cursors(state: StreamState, saved_dataset: str, mix: Mixture, global_
             "state field 'mixture' is missing (a version 1 state) and the state's sources are not all in "
             "this blend: resume once with the state's sources, save, then change them")
     if len(parts[0]) == 1:  # a single source: its steps of G slots are its cursor
+        if state.identity.get("partitions") != global_batch:  # a blend orders each source in G partitions
+            raise FastdataStateError(
+                f"state field 'partitions' is {state.identity.get('partitions')!r}: a single-source state "
+                f"grows into a blend only with the default partitions (the global batch, {global_batch})")
         m = known[ids[0]]
         return {ids[0]: Cursor(state.epoch, min(state.step * global_batch, epoch_length(m, global_batch)),
                                global_batch)}

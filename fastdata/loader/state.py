@@ -61,8 +61,9 @@ class StreamState:
     mixture: tuple[SourceCursor, ...] | None = None  #: per-source cursors of a blend
 
     def to_dict(self) -> dict[str, Any]:
-        doc = {"version": 1 if self.mixture is None else VERSION, "epoch": self.epoch, "step": self.step,
-               "lane": list(self.lane) if self.lane else None, "identity": dict(self.identity)}
+        doc: dict[str, Any] = {"version": 1 if self.mixture is None else VERSION, "epoch": self.epoch,
+                               "step": self.step, "lane": list(self.lane) if self.lane else None,
+                               "identity": dict(self.identity)}
         if self.mixture is not None:
             doc["mixture"] = [c.to_dict() for c in self.mixture]
         return doc

@@ -88,11 +88,20 @@ class BlendOrder:
         return self._patterns[key]
 
     def _read(self, source: int, epoch: np.ndarray, offset: np.ndarray, quota: np.ndarray) -> np.ndarray:
-        """Local ids at (source epoch, offset, quota of that epoch's order), element-wise."""
+        """Local ids at (source epoch, offset, quota of that epoch's order), element-wise; one
+        row per step, one column per slot of the source."""
+        e, g = int(epoch.flat[0]), int(quota.flat[0])
+        if (epoch == e).all() and (quota == g).all():
+            step, slot = offset // g, offset % g
+            cols = slot[0]
+            if (step == step[:, :1]).all() and (slot == cols).all() and (np.diff(cols) == 1).all():
+                # whole rows of one epoch's steps (no change or epoch end in the way): one call
+                return self._order(source, e, g).slots(step[:, 0], int(cols[0]), int(cols[-1]) + 1)
         out = np.empty(epoch.shape, dtype=np.int64)
-        pairs = np.unique(np.stack([epoch.ravel(), quota.ravel()], axis=1), axis=0)
-        for e, g in pairs.tolist():
-            mine = (epoch == e) & (quota == g)
+        pair = epoch * (self.config.global_batch + 1) + quota
+        for key in np.unique(pair).tolist():
+            mine = pair == key
+            e, g = divmod(key, self.config.global_batch + 1)
             step, slot = offset[mine] // g, offset[mine] % g
             rows, inverse = np.unique(step, return_inverse=True)
             lo, hi = int(slot.min()), int(slot.max()) + 1  # a rank's slots: one narrow band
