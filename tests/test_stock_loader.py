@@ -175,3 +175,22 @@ def test_what_leaves_a_worker_is_what_the_worker_holds(data):
         assert torch.equal(g["input_ids"], w["input_ids"] + 1)
         assert torch.equal(g["labels"], w["labels"]) and torch.equal(g["twice"], w["labels"] * 2)
         assert torch.equal(g["sample_ids"], w["sample_ids"])
+
+
+def _probe(batch):
+    """default_collate in the worker, reporting whether the result lives in shared memory."""
+    out = default_collate(batch)
+    out["shared"] = torch.tensor([out["input_ids"].is_shared(), out["labels"].is_shared()])
+    return out
+
+
+def test_samples_collated_in_a_worker_need_no_shared_memory(data):
+    """default_collate stacks a worker's per-sample items into ordinary memory (they cross as
+    bytes); the batches equal collating the same samples in-process."""
+    want = lane_order(in_process(fastdata.TokenDataset(data, seq_len=SEQ, seed=3)), workers=1, batch=4)
+    got = list(DataLoader(fastdata.TokenDataset(data, seq_len=SEQ, seed=3), batch_size=4, num_workers=1,
+                          collate_fn=_probe))
+    assert len(got) == len(want) > 8
+    for g, w in zip(got, want):
+        assert not g.pop("shared").any()
+        assert_same(g, w)

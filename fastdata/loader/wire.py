@@ -14,6 +14,11 @@ pickles as one byte string through the loader's pipe instead:
   samples without a loss mask): the ``(B, L + 1)`` token window is sent once.
 
 Both checks read the values being sent, so nothing is assumed about where they came from.
+When the loader collates such items (per-sample items, ``DataLoader(ds, batch_size=B)``),
+``default_collate`` stacks them with :func:`collate`, registered for this type through
+torch's documented ``default_collate_fn_map``: into ordinary memory (``default_collate``
+would give every key a fresh shared-memory segment in a worker, about as slow as sending
+it) and into another ``WireBatch``.
 The training process rebuilds a plain ``dict`` of contiguous tensors with the original
 keys, dtypes, shapes and values. A value the format does not cover (not a CPU tensor of a
 numpy dtype, or one needing grad) makes the whole batch go the stock way.
@@ -25,9 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data._utils import collate as _collate
 
-#: Integer dtypes a value may travel in, narrowest first.
-_NARROW = [np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32")]
+#: Integer dtypes a value may travel in, narrowest first, with their ranges.
+_NARROW = [(np.dtype(t), int(np.iinfo(t).min), int(np.iinfo(t).max))
+           for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32")]
 _TORCH = {torch.bool: np.bool_, torch.uint8: np.uint8, torch.int8: np.int8, torch.int16: np.int16,
           torch.int32: np.int32, torch.int64: np.int64, torch.float16: np.float16,
           torch.float32: np.float32, torch.float64: np.float64}
@@ -53,12 +60,27 @@ class WireBatch(dict):  # type: ignore[type-arg]
         return (decode, packed)
 
 
+def collate(batch: list[dict[str, Any]], *, collate_fn_map: dict | None = None) -> WireBatch:
+    """``default_collate`` of :class:`WireBatch` items: each key's tensors stacked (a key
+    holding anything else collates the default way), as a :class:`WireBatch`."""
+    out = WireBatch()
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        if all(isinstance(v, torch.Tensor) for v in values):
+            out[key] = torch.stack(values, 0)
+        else:
+            out[key] = _collate.collate(values, collate_fn_map=collate_fn_map)
+    return out
+
+
+_collate.default_collate_fn_map[WireBatch] = collate
+
+
 def _narrow_dtype(lo: int, hi: int, dtype: np.dtype) -> np.dtype:
-    for d in _NARROW:
+    for d, least, most in _NARROW:
         if d.itemsize >= dtype.itemsize:
             break
-        info = np.iinfo(d)
-        if info.min <= lo and hi <= info.max:
+        if least <= lo and hi <= most:
             return d
     return dtype
 
@@ -98,17 +120,22 @@ def encode(batch: dict[str, Any]) -> tuple[tuple[Entry, ...], bytes] | None:
     parts: list[bytes] = []
     shifted = _shifted(arrays)
     for key, a in arrays.items():
-        role = ""
         if shifted and key == "labels":
             entries.append((key, a.dtype.str, a.shape, a.dtype.str, 0, SHIFTED))
             continue
-        if shifted and key == "input_ids":
-            a, role = np.concatenate([a, arrays["labels"][..., -1:]], axis=-1), WINDOW
-        wire = a.dtype
-        if a.dtype.kind in "iu" and a.size:
-            wire = _narrow_dtype(int(a.min()), int(a.max()), a.dtype)
-        data = a.astype(wire).tobytes() if wire != a.dtype else a.tobytes()
-        entries.append((key, a.dtype.str, arrays[key].shape, wire.str, len(data), role))
+        if shifted and key == "input_ids":  # the window: inputs and the labels' last column
+            last = arrays["labels"][..., -1:]
+            wire = _narrow_dtype(min(int(a.min()), int(last.min())), max(int(a.max()), int(last.max())),
+                                 a.dtype)
+            window = np.empty((*a.shape[:-1], a.shape[-1] + 1), dtype=wire)
+            window[..., :-1], window[..., -1:] = a, last
+            data, role = window.tobytes(), WINDOW
+        else:
+            wire = a.dtype
+            if a.dtype.kind in "iu" and a.size:
+                wire = _narrow_dtype(int(a.min()), int(a.max()), a.dtype)
+            data, role = (a.astype(wire) if wire != a.dtype else a).tobytes(), ""
+        entries.append((key, a.dtype.str, a.shape, wire.str, len(data), role))
         parts.append(data)
     return tuple(entries), b"".join(parts)
 
@@ -140,4 +167,4 @@ def decode(entries: tuple[Entry, ...], payload: bytes) -> dict[str, torch.Tensor
     return {e[0]: out[e[0]] for e in entries}
 
 
-__all__ = ["WireBatch", "decode", "encode"]
+__all__ = ["WireBatch", "collate", "decode", "encode"]
