@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from _jobs import Job
 from _loader import packed_dataset
 
@@ -166,6 +167,9 @@ def test_change_through_the_dataset_state_and_from_a_version_1_state(corpora, ol
     new.load_state_dict(state)
     it = iter(new)
     assert [next(it)["sample_ids"].tolist() for _ in range(30)] == after[:30]
+    new.load_state_dict(state)  # the anchor travels to a stock loader's worker processes
+    stock = torch.utils.data.DataLoader(new, batch_size=None, num_workers=2)
+    assert [b["sample_ids"].tolist() for b in stock][:30] == after[:30]
     v1 = {k: v for k, v in old[1].items() if k != "mixture"} | {"version": 1}  # no cursors: implied
     dl = blend(corpora, {"web": 1, "code": 1}, allow_mixture_change=True)
     dl.load_state_dict(v1)
