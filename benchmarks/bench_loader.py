@@ -56,13 +56,23 @@ PEER_LOADERS = {
     "mosaicml": "StreamingDataset(local=...) + StreamingDataLoader",
     "litdata": "StreamingDataset(TokensLoader(2049)) + StreamingDataLoader",
     "webdataset": "WebDataset(shardshuffle).shuffle(1000).batched(8) + WebLoader",
+    "numpy-memmap-stateful": "torchdata StatefulDataLoader, map-style Dataset over np.memmap, int64 samples",
 }
 FASTDATA_LOADERS = {
     "fastdata": "fastdata.DataLoader(ds, 8, num_workers=2) (threads, the default)",
     "fastdata-processes": 'fastdata.DataLoader(..., backend="processes")',
     "fastdata-torch-dl": "TokenDataset(batch_size=8) + torch DataLoader(batch_size=None)",
+    "fastdata-torch-dl-sample": "TokenDataset() (one sample per item) + torch DataLoader(batch_size=8)",
+    "fastdata-stateful-dl": "TokenDataset(batch_size=8) + torchdata StatefulDataLoader(batch_size=None)",
+    "fastdata-stateful-dl-sample": "TokenDataset() (one sample per item) + StatefulDataLoader(batch_size=8)",
 }
 PEERS = ("numpy-memmap", "megatron", "mosaicml", "litdata", "webdataset")  # ratio baselines
+#: Peers whose loader keeps a resumable state (torchdata's StatefulDataLoader, and the
+#: Streaming loaders of LitData and MosaicML, which have state_dict/load_state_dict): the
+#: baselines of fastdata's StatefulDataLoader rows.
+STATEFUL_PEERS = ("numpy-memmap-stateful", "litdata", "mosaicml")
+#: Peers that run in fastdata's python (they need only numpy, torch and torchdata).
+LOCAL_PEERS = ("numpy-memmap-stateful",)
 
 
 # ============================================================================ helpers
@@ -204,6 +214,9 @@ def fastdata_inproc_round(dataset: str, pattern: str, nb: int, how: str, warm: i
     if how == "TokenDataset":
         it = iter(fastdata.TokenDataset(dataset, seq_len=SEQ_LEN, shuffle=shuffle, seed=0,
                                         batch_size=BATCH))
+    elif how == "TokenDatasetSample":
+        samples = iter(fastdata.TokenDataset(dataset, seq_len=SEQ_LEN, shuffle=shuffle, seed=0))
+        it = _filled_batches(samples)
     else:
         ds = fastdata.TokenDataset(dataset, seq_len=SEQ_LEN, shuffle=shuffle, seed=0)
         it = iter(fastdata.DataLoader(ds, batch_size=BATCH, num_workers=0))
@@ -217,15 +230,31 @@ def fastdata_inproc_round(dataset: str, pattern: str, nb: int, how: str, warm: i
     return time.perf_counter() - t0, n
 
 
-def check_fastdata_content(dataset: str, stream: np.ndarray, pattern: str, batches: int) -> bool:
-    """fastdata's batches hold the stream windows its sample_ids name (untimed)."""
+def _filled_batches(samples):
+    """Batches of the per-sample path, read the way the peers' in-process rows read theirs: each
+    batch a fresh int64 (8, 2049) array, a sample's 2,049 tokens written into each row (its
+    inputs and the last label); yields {"n": 8} (rows filled)."""
+    while True:
+        out = np.empty((BATCH, SEQ_LEN + 1), dtype=np.int64)
+        for j in range(BATCH):
+            s = next(samples)
+            out[j, :SEQ_LEN] = s["input_ids"].numpy()
+            out[j, SEQ_LEN] = s["labels"].numpy()[-1]
+        yield {"input_ids": out}
+
+
+def check_fastdata_content(dataset: str, stream: np.ndarray, pattern: str, batches: int,
+                           per_sample: bool = False) -> bool:
+    """fastdata's batches (or samples) hold the stream windows their sample_ids name (untimed)."""
     import fastdata  # noqa: PLC0415
 
     ds = fastdata.TokenDataset(dataset, seq_len=SEQ_LEN, shuffle=pattern == "shuffled", seed=0,
-                               batch_size=BATCH)
+                               batch_size=None if per_sample else BATCH)
     for k, batch in enumerate(ds):
-        if k >= batches:
+        if k >= batches * (BATCH if per_sample else 1):
             break
+        if per_sample:
+            batch = {key: v[None] for key, v in batch.items()}
         ids = batch["sample_ids"].numpy()
         want = np.stack([stream[i * SEQ_LEN : i * SEQ_LEN + SEQ_LEN + 1] for i in ids]).astype(np.int64)
         if not (np.array_equal(batch["input_ids"].numpy(), want[:, :-1])
@@ -246,6 +275,8 @@ def bench_inproc(args: argparse.Namespace, dataset: Path, meta: dict) -> dict:
     stream = np.memmap(stream_path, dtype="<u2", mode="r")
     results: dict[str, dict] = {}
     checks = {p: check_fastdata_content(str(dataset), stream, p, 20) for p in ("sequential", "shuffled")}
+    sample_checks = {p: check_fastdata_content(str(dataset), stream, p, 20, per_sample=True)
+                     for p in ("sequential", "shuffled")}
 
     def memmap_round(pattern: str) -> float:
         ns = argparse.Namespace(stream=stream_path, samples=meta["samples"], seq_len=SEQ_LEN,
@@ -258,19 +289,21 @@ def bench_inproc(args: argparse.Namespace, dataset: Path, meta: dict) -> dict:
     for _ in range(args.inproc_rounds):
         for pattern in ("sequential", "shuffled"):
             times.setdefault(("numpy-memmap", pattern), []).append(memmap_round(pattern))
-            for how in ("TokenDataset", "DataLoader0"):
+            for how in ("TokenDataset", "DataLoader0", "TokenDatasetSample"):
                 dt, n = fastdata_inproc_round(str(dataset), pattern, nb, how, warm)
                 assert n == nb * BATCH
                 times.setdefault((how, pattern), []).append(dt)
     tokens = nb * BATCH * (SEQ_LEN + 1)
     names = {"TokenDataset": "fastdata TokenDataset (iterated in-process)",
              "DataLoader0": "fastdata.DataLoader(num_workers=0)",
+             "TokenDatasetSample": "fastdata TokenDataset per sample (no batch_size)",
              "numpy-memmap": "numpy.memmap (fastdata's python)"}
     for (how, pattern), ts in times.items():
         med = statistics.median(ts)
+        ok = (sample_checks if how == "TokenDatasetSample" else checks)[pattern]
         results.setdefault(names[how], {"side": "fastdata"})[pattern] = {
             "tokens_per_s": tokens / med, "median_s": med, "rounds": ts,
-            "data_check": ("same" if checks[pattern] else "DIFFERENT") if how != "numpy-memmap" else "-"}
+            "data_check": ("same" if ok else "DIFFERENT") if how != "numpy-memmap" else "-"}
 
     if not args.no_peers:
         for system in ("numpy-memmap", "megatron", "mosaicml", "litdata", "webdataset"):
@@ -311,10 +344,17 @@ def fastdata_loader_child(args: argparse.Namespace) -> dict:
     _ = fastdata.TokenDataset, fastdata.DataLoader  # the lazy training imports, before timing
     t_lib = time.time()
     variant = args.system
-    if variant == "fastdata-torch-dl":
+    if variant.startswith(("fastdata-torch-dl", "fastdata-stateful-dl")):
+        # the stock loaders: the dataset yields micro-batches (batch_size=None: no collation)
+        # or, for -sample, single samples that the loader's workers collate into batches of 8
+        per_sample = variant.endswith("-sample")
         ds = fastdata.TokenDataset(args.dataset_path, seq_len=SEQ_LEN, shuffle=True, seed=0,
-                                   batch_size=BATCH)
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=args.workers)
+                                   batch_size=None if per_sample else BATCH)
+        if variant.startswith("fastdata-stateful-dl"):
+            from torchdata.stateful_dataloader import StatefulDataLoader as Loader  # noqa: PLC0415
+        else:
+            Loader = torch.utils.data.DataLoader  # noqa: N806
+        loader = Loader(ds, batch_size=BATCH if per_sample else None, num_workers=args.workers)
     else:
         ds = fastdata.TokenDataset(args.dataset_path, seq_len=SEQ_LEN, shuffle=True, seed=0)
         backend = "processes" if variant == "fastdata-processes" else "threads"
@@ -370,7 +410,8 @@ def loader_cmd(args: argparse.Namespace, system: str, batches: int, dataset: Pat
     if system in FASTDATA_LOADERS:
         return [fastdata_python(), str(Path(__file__).resolve()), "_fastdata-loader", "--system", system,
                 "--dataset-path", str(dataset), "--batches", str(batches), "--workers", str(WORKERS)]
-    return [str(args.peers_python), str(PEERS_SCRIPT), "loader", "--system", system, "--stream",
+    python = fastdata_python() if system in LOCAL_PEERS else str(args.peers_python)
+    return [python, str(PEERS_SCRIPT), "loader", "--system", system, "--stream",
             str(args.work_dir / "stream.u16"), "--samples", str(meta["samples"]), "--root",
             str(args.work_dir / "peers"), "--batches", str(batches), "--workers", str(WORKERS)]
 
@@ -738,6 +779,9 @@ def markdown(res: dict) -> str:  # noqa: C901 - one table after another
         peer_best = {s: best(ld["runs"].get(s, []), "steady_tokens_per_s") for s in PEERS}
         peer_best = {s: v for s, v in peer_best.items() if v}
         top = max(peer_best.items(), key=lambda kv: kv[1]) if peer_best else None
+        st_best = {s: best(ld["runs"].get(s, []), "steady_tokens_per_s") for s in STATEFUL_PEERS}
+        st_best = {s: v for s, v in st_best.items() if v}
+        st_top = max(st_best.items(), key=lambda kv: kv[1]) if st_best else None
         L.append("| system | loader | steady M tok/s (best) | all runs | incl. start-up | first batch "
                  "from spawn s | after import torch s | main RSS MiB | vs best peer |")
         L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -750,7 +794,8 @@ def markdown(res: dict) -> str:  # noqa: C901 - one table after another
                 continue
             b = best(ok, "steady_tokens_per_s")
             allr = " / ".join(fmt_m(r["steady_tokens_per_s"]) for r in ok)
-            ratio = f"{b / top[1]:.2f}x" if top else "—"
+            base = st_top if "stateful" in s else top  # stateful loaders: against stateful peers
+            ratio = f"{b / base[1]:.2f}x" if base else "—"
             L.append(f"| {s} | {desc} | {fmt_m(b)} | {allr} | {fmt_m(best(ok, 'total_tokens_per_s'))} | "
                      f"{best(ok, 'first_from_spawn_s', False):.2f} | "
                      f"{best(ok, 'first_after_torch_s', False):.2f} | "
@@ -771,6 +816,12 @@ def markdown(res: dict) -> str:  # noqa: C901 - one table after another
             if per_run:
                 L.append("fastdata.DataLoader (threads) / best peer of the same run: "
                          + "; ".join(per_run) + ".")
+            L += ["", "The stock loaders' rows (`fastdata-torch-dl*`, `fastdata-stateful-dl*`) are "
+                  "divided by the best peer under the same kind of loader: the torch DataLoader rows "
+                  "by the best of " + ", ".join(PEERS) + " (all run the stock DataLoader or a "
+                  "subclass); the StatefulDataLoader rows by the best of the resumable loaders, "
+                  + ", ".join(STATEFUL_PEERS)
+                  + (f" (here **{st_top[0]}**, {st_top[1] / 1e6:.1f} M tokens/s)." if st_top else ".")]
         fr = ld.get("first", {})
         ref = [r for r in fr.get("reference", []) if "error" not in r]
         fdf = [r for r in fr.get("fastdata", []) if "error" not in r]

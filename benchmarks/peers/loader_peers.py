@@ -20,6 +20,9 @@ packed windows of 2049 tokens. Subcommands:
   loader (2 worker processes, shuffled, batch 8) and consumes ``--batches`` batches.
   Prints milestones in ``time.time()`` seconds (the parent passes its own spawn time) so
   the time to the first batch can be taken from process start and from ``import torch``.
+  ``numpy-memmap-stateful`` is the numpy.memmap loader under torchdata's
+  ``StatefulDataLoader``; it needs only numpy, torch and torchdata, and ``bench_loader.py``
+  runs it with fastdata's python (the peers venv has no torchdata).
 
 Each subcommand prints one JSON line on stdout (the last line).
 """
@@ -40,7 +43,8 @@ warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
 
-SYSTEMS = ("numpy-memmap", "numpy-memmap-u16", "megatron", "mosaicml", "litdata", "webdataset")
+SYSTEMS = ("numpy-memmap", "numpy-memmap-u16", "numpy-memmap-stateful", "megatron", "mosaicml", "litdata",
+           "webdataset")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -329,7 +333,7 @@ def cmd_loader(args: argparse.Namespace) -> dict:
     t_torch = time.time()
     b, width, workers = args.batch, args.seq_len + 1, args.workers
     system = args.system
-    if system in ("numpy-memmap", "numpy-memmap-u16", "megatron"):
+    if system in ("numpy-memmap", "numpy-memmap-u16", "numpy-memmap-stateful", "megatron"):
         if system == "megatron":
             from megatron.core.datasets.indexed_dataset import IndexedDataset  # noqa: PLC0415
         t_lib = time.time()
@@ -357,8 +361,11 @@ def cmd_loader(args: argparse.Namespace) -> dict:
 
         g = torch.Generator()
         g.manual_seed(args.seed)
-        loader = torch.utils.data.DataLoader(Samples(), batch_size=b, shuffle=True, num_workers=workers,
-                                             drop_last=True, generator=g)
+        Loader = torch.utils.data.DataLoader  # noqa: N806
+        if system == "numpy-memmap-stateful":  # torchdata: run with a python that has it
+            from torchdata.stateful_dataloader import StatefulDataLoader as Loader  # noqa: PLC0415, N806
+        loader = Loader(Samples(), batch_size=b, shuffle=True, num_workers=workers, drop_last=True,
+                        generator=g)
     elif system == "mosaicml":
         from streaming import StreamingDataLoader  # noqa: PLC0415
 
