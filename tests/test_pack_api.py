@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _corpus import files_bytes, make_docs, train_bpe, write_jsonl
+from test_pack_resume import kill_at
 
 import fastdata
 from fastdata.pack.api import build_config
@@ -194,6 +195,36 @@ def test_memory_urls_read_in_pieces_give_the_local_dataset(tmp_path, docs, bpe_p
         same_dataset(tmp_path / "glob", tmp_path / "glob-ref")
     finally:
         fs.rm("/h14-inputs", recursive=True)
+
+
+RESUMABLE = """
+import sys
+sys.path.insert(0, {tests!r})
+import datasets
+import fastdata
+from _corpus import make_docs
+
+if __name__ == "__main__":
+    datasets.disable_progress_bars()
+    ds = datasets.Dataset.from_dict({{"text": make_docs(3000, seed=7)}})
+    result = fastdata.pack(ds, {out!r}, shard_size="16KB", workers=2)
+    print("resumed", result.progress.resumed_shards)
+"""
+
+
+@pytest.mark.multiprocess
+def test_killed_pack_of_a_dataset_resumes(tmp_path):
+    out = tmp_path / "ds"
+    script = tmp_path / "pack_ds.py"
+    script.write_text(RESUMABLE.format(tests=os.path.dirname(__file__), out=str(out)))
+    kill_at("mid_shard", 30, [sys.executable, "-P", str(script)], tmp_path)
+    finished = json.loads((out / ".fastdata-pack.json").read_text())["shards"]
+    assert finished and not (out / "manifest.json").exists()
+    proc = subprocess.run([sys.executable, "-P", str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"resumed {len(finished)}" in proc.stdout
+    cli([write_jsonl(str(tmp_path / "same.jsonl"), make_docs(3000, seed=7))], tmp_path / "ref")
+    same_dataset(out, tmp_path / "ref")
 
 
 def test_root_import_stays_light_and_pack_is_callable():

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _corpus import files_bytes, make_docs, write_jsonl
+from _rangeserver import RangeServer
 from test_pack_resume import kill_at
 
 import fastdata
@@ -118,3 +119,25 @@ def test_ray_engine_reads_az_inputs(tmp_path, raw, reference, azurite):
                            storage_options=opts)
     same_dataset(tmp_path / "ray", reference)
     assert result.docs == 2600 + 200 + 800
+
+
+def test_https_style_input_retries_503s_and_keeps_its_query_out_of_messages(tmp_path, local_corpus):
+    """An http(s) URL with a SAS-style query: the read path's retries (503 + Retry-After) and
+    redaction apply to inputs; the dataset is the local copy's."""
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "a.jsonl").write_bytes((local_corpus / "a.jsonl").read_bytes())
+    subprocess.run(cmd([local_corpus / "a.jsonl"], tmp_path / "ref"), check=True, timeout=120)
+    with RangeServer(str(tmp_path / "srv")) as server:
+        server.fault("/a.jsonl").throttle = 3
+        server.fault("/a.jsonl").retry_after = 0.05
+        url = f"{server.url}/a.jsonl?sv=1&sig=TOPSECRETSIG"
+        fastdata.pack(url, tmp_path / "out", storage_options={"allow_insecure": True},
+                      shard_size="16KB", workers=2)
+        assert [r.status for r in server.requests()][:3] == [503, 503, 503]
+        assert all("sig=TOPSECRETSIG" in r.path for r in server.requests())  # the query is sent
+        with pytest.raises(fastdata.FastdataInputError) as e:
+            fastdata.pack(f"{server.url}/missing.jsonl?sig=TOPSECRETSIG", tmp_path / "x",
+                          storage_options={"allow_insecure": True})
+    same_dataset(tmp_path / "out", tmp_path / "ref")
+    assert "missing.jsonl?<redacted>: input does not exist" in str(e.value)
+    assert "TOPSECRETSIG" not in str(e.value)

@@ -68,13 +68,34 @@ class PackResult:
     manifest: Manifest
     progress: PackProgress
 
-    docs = property(lambda self: self.manifest.num_docs, doc="documents in the dataset")
-    tokens = property(lambda self: self.manifest.num_tokens, doc="tokens in the dataset")
-    shards = property(lambda self: len(self.manifest.shards), doc="shards in the dataset")
-    bytes = property(lambda self: int(self.manifest.shards.column("stored_bytes").sum()),
-                     doc="stored bytes of the shards")
-    skipped = property(lambda self: dict(self.progress.skipped), doc="skipped records by reason")
-    fingerprint = property(lambda self: self.manifest.fingerprint, doc="the dataset's identity")
+    @property
+    def docs(self) -> int:
+        """Documents in the dataset (earlier runs of a resumed pack included)."""
+        return self.manifest.num_docs
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in the dataset."""
+        return self.manifest.num_tokens
+
+    @property
+    def shards(self) -> int:
+        return len(self.manifest.shards)
+
+    @property
+    def bytes(self) -> int:
+        """Stored bytes of the shards (compressed, when they are)."""
+        return int(self.manifest.shards.column("stored_bytes").sum())
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Records skipped under ``on_error="skip"``, by reason."""
+        return dict(self.progress.skipped)
+
+    @property
+    def fingerprint(self) -> str:
+        """The dataset's identity (``manifest.json``'s ``fingerprint``)."""
+        return self.manifest.fingerprint
 
 
 def resolve_dtype(requested: str, vocab_size: int) -> str:

@@ -13,11 +13,12 @@ documents and the shards that a local copy of it gives.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar, cast
 
 from fastdata.errors import FastdataConfigError, FastdataInputError
 from fastdata.pack.fetched import Fetched
@@ -47,6 +48,9 @@ class _InputStore(Store):
 
     def listing(self, pattern: str) -> dict[str, dict[str, Any]]:
         """Objects under the root matching ``pattern`` ("" for all, recursively), by name."""
+        if self.conditional_reads:  # HTTP(S) cannot list: one object, through the Store's own requests
+            size = None if any(c in pattern for c in _GLOB) or not pattern else self.size(pattern)
+            return {} if size is None else {pattern: {"size": size, "etag": self.etag(pattern)}}
         fs, root = self._fs, self._root
         found = fs.glob(f"{root}/{pattern}", detail=True) if pattern else fs.find(root, detail=True)
         out = {}
@@ -87,6 +91,14 @@ class _RangeFile(io.RawIOBase):
         return len(data)
 
 
+T = TypeVar("T")
+
+
+def _retried(what: str, call: Callable[[], T]) -> T:
+    """``call()`` under the read path's retry policy (``storage/download.py``)."""
+    return cast(T, retrying(what, cast(Callable[[], bytes], call)))
+
+
 def read_range(store: Store, name: str, start: int, end: int) -> bytes:
     """Bytes ``[start, end)`` of ``name``, in ranged GETs of RANGE_BYTES, each retried.
 
@@ -97,7 +109,7 @@ def read_range(store: Store, name: str, start: int, end: int) -> bytes:
     parts = []
     for s in range(start, end, RANGE_BYTES):
         e = min(end, s + RANGE_BYTES)
-        data = retrying(store.describe(name), lambda s=s, e=e: store.read_range(name, s, e))
+        data = _retried(store.describe(name), functools.partial(store.read_range, name, s, e))
         if len(data) != e - s:
             raise FastdataInputError(f"{store.describe(name)}: bytes {s}-{e - 1} came back as {len(data)} "
                                      "bytes; the input changed during the pack")
@@ -172,10 +184,10 @@ class Inputs:
         else:
             root, pattern = base.rstrip("/").rsplit("/", 1)[0], base.rstrip("/").rsplit("/", 1)[1]
         store = self._store(root + sep + query)
-        found = retrying(redact(url), lambda: store.listing(pattern))
+        found = _retried(redact(url), lambda: store.listing(pattern))
         if not found and not any(c in pattern for c in _GLOB):  # perhaps a folder
             store = self._store(base.rstrip("/") + sep + query)
-            found = retrying(redact(url), lambda: store.listing(""))
+            found = _retried(redact(url), lambda: store.listing(""))
             root = base.rstrip("/")
         if not found:
             raise FastdataInputError(f"{redact(url)}: input does not exist (no object matches); check the "

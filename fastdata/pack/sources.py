@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Union
+from typing import IO, Any, Union, cast
 
 from fastdata.errors import FastdataConfigError, FastdataInputError
 from fastdata.pack.fetched import Fetched
@@ -152,7 +152,7 @@ TaskData = Union[Fetched, "tuple[Record, ...]", None]
 
 def _open(task: Task, data: TaskData) -> IO[bytes]:
     """The task's input file: local, or the byte ranges fetched for it."""
-    return data.open() if isinstance(data, Fetched) else open(task.path, "rb")
+    return cast(IO[bytes], data.open()) if isinstance(data, Fetched) else open(task.path, "rb")
 
 
 def _open_text_stream(task: Task, data: TaskData) -> IO[bytes]:
