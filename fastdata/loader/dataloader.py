@@ -19,16 +19,18 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import torch
 
 from fastdata import metrics
+from fastdata.daemon_pool import DaemonPool
 from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.loader.dataset import TokenDataset
 from fastdata.loader.job_view import job_view
 from fastdata.loader.prefetch import Prefetcher
+from fastdata.loader.sigterm import graceful_sigterm
 from fastdata.loader.stalls import Made, Stalls, made, shares
 from fastdata.loader.state import StreamState, parse_state
 from fastdata.sampling.order import EpochOrder, Stripe
@@ -257,19 +259,20 @@ class DataLoader:
         if self._started is None:
             self._started = asked
         try:
-            for step, batch, record in source:
-                if generation != self._generation:
-                    raise FastdataStateError("this iterator was replaced by load_state_dict(); "
-                                             "call iter(loader) again")
-                self._position = (epoch, step + 1)
-                got = time.perf_counter()
-                self._record(asked, got, first, None if previous is None else asked - previous, batch,
-                             record)
-                yield batch
-                previous, asked, first = asked, time.perf_counter(), False
-                self._compute += asked - got
-                if self.log_every:
-                    self._log(step)
+            with graceful_sigterm():  # an unhandled SIGTERM unwinds like Ctrl-C (loader/sigterm.py)
+                for step, batch, record in source:
+                    if generation != self._generation:
+                        raise FastdataStateError("this iterator was replaced by load_state_dict(); "
+                                                 "call iter(loader) again")
+                    self._position = (epoch, step + 1)
+                    got = time.perf_counter()
+                    self._record(asked, got, first, None if previous is None else asked - previous, batch,
+                                 record)
+                    yield batch
+                    previous, asked, first = asked, time.perf_counter(), False
+                    self._compute += asked - got
+                    if self.log_every:
+                        self._log(step)
         finally:
             close = getattr(source, "close", None)
             if close is not None:
@@ -301,14 +304,19 @@ class DataLoader:
             prefetcher = Prefetcher(range(start, order.num_steps),
                                     lambda lo, hi: self.dataset.first_uses(order, stripe, lo, hi),
                                     self.dataset.fetch_shard, budget)
+        interrupted = True  # until the loop ends, fails or is closed: Ctrl-C waits for nothing
         try:
             for step, batch, record in self._assembled(order, stripe, start):
                 if prefetcher is not None:
                     prefetcher.advance(step)
                 yield step, batch, record
+            interrupted = False
+        except (Exception, GeneratorExit):
+            interrupted = False
+            raise
         finally:
             if prefetcher is not None:
-                prefetcher.close()
+                prefetcher.close(wait=not interrupted)
 
     def _assembled(self, order: EpochOrder, stripe: Stripe, start: int
                    ) -> Iterator[tuple[int, dict[str, torch.Tensor], Made]]:
@@ -319,9 +327,10 @@ class DataLoader:
                 yield from ((step, batch, record) for step, batch in zip(steps, batches))
             return
         threads = 1 if self.dataset.keeps_few_shards else self.num_workers
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="fastdata-loader")
+        pool = DaemonPool(threads, "fastdata-loader")
         window: deque[tuple[range, Future[tuple[list[dict[str, torch.Tensor]], Made]]]] = deque()
         in_flight = max(2, -(-self.prefetch // self._chunk_steps()))
+        interrupted = True
         try:
             for steps in chunks:
                 window.append((steps, pool.submit(self._make, order, stripe, steps)))
@@ -334,10 +343,15 @@ class DataLoader:
                 if following is not None:
                     window.append((following, pool.submit(self._make, order, stripe, following)))
                 yield from ((step, batch, record) for step, batch in zip(steps, batches))
+            interrupted = False
+        except (Exception, GeneratorExit):
+            interrupted = False
+            raise
         finally:
             for _, future in window:
                 future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            # an interrupt (Ctrl-C, SystemExit) does not wait for a thread on a stalled socket
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
 
     def _processes(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor], Made]]:
         loader = torch.utils.data.DataLoader(
@@ -346,12 +360,20 @@ class DataLoader:
             prefetch_factor=max(1, self.prefetch // self.num_workers), timeout=self.timeout,
         )
         iterator = iter(loader)
+        interrupted = True
         try:
             for step, batch, update, record in iterator:
                 if update:
                     self._stats.merge(update)
                 yield step, batch, record
+            interrupted = False
+        except (Exception, GeneratorExit):
+            interrupted = False
+            raise
         finally:
+            if interrupted:  # Ctrl-C: torch would give each worker 5 s to finish a stalled fetch
+                for worker in getattr(iterator, "_workers", ()):
+                    worker.terminate()
             # Stop the workers now, even when a worker died: torch only does it when its
             # iterator is garbage, and a traceback can keep that alive while torch's SIGCHLD
             # handler goes on reporting the dead worker into unrelated code.

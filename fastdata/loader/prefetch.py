@@ -91,8 +91,10 @@ class Prefetcher:
             self.error = e
             log.debug("prefetch stopped: %s", e)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the walk; ``wait=False`` (an interrupt) does not wait for a fetch in flight."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        if wait:
+            self._thread.join(timeout=30)

@@ -30,6 +30,7 @@ checks on first use are the caller's, who can drop a bad file with :meth:`NodeCa
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import logging
@@ -38,6 +39,7 @@ import os
 import shutil
 import stat
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 import lmdb
@@ -55,6 +57,18 @@ log = logging.getLogger(__name__)
 _HOLDER = leases.HOLDER  # a holder's token: pid and a random nonce
 _ENTRY, _U64 = cache_db.ENTRY, cache_db.U64
 _key = cache_db.entry_key
+
+
+_open_caches: weakref.WeakSet[NodeCache] = weakref.WeakSet()
+
+
+@atexit.register
+def _drop_fills_left_behind() -> None:
+    """At exit (after Ctrl-C left a download on a stalled socket), remove its temp file now
+    rather than at the next open; the daemon threads doing it die with the process."""
+    for cache in list(_open_caches):
+        with contextlib.suppress(Exception):
+            cache.drop_own_reservations()
 
 
 class CachedShard:
@@ -124,6 +138,7 @@ class NodeCache:
         except BaseException:
             self.close()
             raise
+        _open_caches.add(self)
 
     def _open_root(self) -> int:
         os.makedirs(os.path.dirname(self.root), exist_ok=True)
@@ -566,6 +581,20 @@ class NodeCache:
             txn.put(b"files", _U64.pack(files), db=dbs["meta"])
             txn.put(b"reserved", _U64.pack(reserved), db=dbs["meta"])
         leases.sweep(self._db_fd())
+
+    def drop_own_reservations(self) -> int:
+        """Delete the downloads in flight (temp files and reservations) of this process and of
+        dead ones (worker processes stopped with it); at exit, when an interrupt left a fill
+        behind on a stalled socket. Returns how many."""
+        if self._closed or self._pid != os.getpid():
+            return 0
+        seen: dict[bytes, bool] = {}
+        with self._txn() as (txn, dbs):
+            gone = [res for res, _, _ in self._reservations(txn, dbs)
+                    if res[:_HOLDER.size] == self._me or not self._alive(res[:_HOLDER.size], seen)]
+            for res in gone:
+                self._unreserve(txn, dbs, res)
+        return len(gone)
 
     def close(self) -> None:
         """Release the pins taken through this object and detach; idempotent."""

@@ -18,13 +18,13 @@ import os
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import xxhash
 
 from fastdata import metrics
 from fastdata._testing import disk_point, pause_point
+from fastdata.daemon_pool import DaemonPool
 from fastdata.errors import (
     FastdataCacheError,
     FastdataDownloadError,
@@ -112,7 +112,7 @@ def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy
     """
     ranges = [(s, min(s + policy.range_bytes, size)) for s in range(0, size, policy.range_bytes)]
 
-    def one(bounds: tuple[int, int], if_match: str | None = None) -> str | None:
+    def one(bounds: tuple[int, int], if_match: str | None = None, out: int = fd) -> str | None:
         start, end = bounds
         etag = None
         if store.conditional_reads:
@@ -126,7 +126,7 @@ def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy
             raise FastdataIntegrityError(
                 f"{store.describe(name)}: bytes {start}-{end - 1} came back as {len(data)} bytes, "
                 f"expected {end - start} (truncated or replaced object)")
-        _write_at(fd, data, start)
+        _write_at(out, data, start)
         pause_point("mid_download")
         return etag
 
@@ -135,9 +135,15 @@ def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy
             one(r)
         return
 
+    def own_fd(bounds: tuple[int, int], version: str | None, dup: int) -> str | None:
+        try:  # a range left running after Ctrl-C writes through its own descriptor, never a reused one
+            return one(bounds, version, dup)
+        finally:
+            os.close(dup)
+
     def parallel(rest: list[tuple[int, int]], version: str | None = None) -> None:
-        with ThreadPoolExecutor(min(policy.parallel, len(rest)), thread_name_prefix="fastdata-range") as pool:
-            for future in [pool.submit(one, r, version) for r in rest]:
+        with DaemonPool(min(policy.parallel, len(rest)), "fastdata-range") as pool:
+            for future in [pool.submit(own_fd, r, version, os.dup(fd)) for r in rest]:
                 future.result()
 
     if store.conditional_reads:

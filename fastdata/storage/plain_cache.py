@@ -13,6 +13,7 @@ eviction. What makes it safe to reuse a file found there:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -52,6 +53,7 @@ def open_plain_directory(path: str) -> str:
     """``private_directory(path)`` with stale temp files of dead processes swept."""
     private_directory(path)
     sweep_stale_temps(path)
+    _directories.add(path)
     return path
 
 
@@ -71,6 +73,7 @@ def plain_file(directory: str, name: str, size: int, fill: Callable[[str], None]
     except FileNotFoundError:
         pass
     tmp = os.path.join(directory, temp_name(name))
+    _in_flight.add((os.getpid(), tmp))
     try:
         fill(tmp)
         with open(tmp, "rb+") as f:
@@ -84,9 +87,26 @@ def plain_file(directory: str, name: str, size: int, fill: Callable[[str], None]
             f"{shutil.disk_usage(directory).free} bytes free; free the disk or choose a cache_dir "
             "with room") from e
     finally:
+        _in_flight.discard((os.getpid(), tmp))
         if os.path.exists(tmp):
             os.unlink(tmp)
     return final, True
+
+
+_in_flight: set[tuple[int, str]] = set()  # (pid, temp file) being written (a forked child inherits it)
+_directories: set[str] = set()  # plain directories this process opened
+
+
+@atexit.register
+def _drop_fills_left_behind() -> None:
+    """At exit (after Ctrl-C left a download on a stalled socket), remove its temp file, and
+    those of dead processes (worker processes stopped with this one)."""
+    for pid, tmp in list(_in_flight):
+        if pid == os.getpid():
+            drop(tmp)
+    for directory in list(_directories):
+        with contextlib.suppress(OSError):
+            sweep_stale_temps(directory)
 
 
 def drop(path: str) -> None:
