@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 _lock = threading.Lock()
-_users = 0
+_users = [0]  # iterators inside the block (a list: captured by reference, see below)
 
 
 def _raise_exit(signum: int, frame: Any) -> None:
@@ -29,21 +29,23 @@ def _raise_exit(signum: int, frame: Any) -> None:
 @contextmanager
 def graceful_sigterm() -> Iterator[None]:
     """Within the block, an unhandled SIGTERM raises SystemExit(143) in the main thread."""
-    global _users
     installed = False
-    with _lock:
+    # local references: an iterator collected at interpreter exit closes after module globals
+    # may already be gone
+    lock, users, sig, handler = _lock, _users, signal, _raise_exit
+    with lock:
         if threading.current_thread() is threading.main_thread():
-            if _users > 0:
-                _users += 1
+            if users[0] > 0:
+                users[0] += 1
                 installed = True
-            elif signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, _raise_exit)
-                _users, installed = 1, True
+            elif sig.getsignal(sig.SIGTERM) is sig.SIG_DFL:
+                sig.signal(sig.SIGTERM, handler)
+                users[0], installed = 1, True
     try:
         yield
     finally:
         if installed:
-            with _lock:
-                _users -= 1
-                if _users == 0 and signal.getsignal(signal.SIGTERM) is _raise_exit:
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            with lock:
+                users[0] -= 1
+                if users[0] == 0 and sig.getsignal(sig.SIGTERM) is handler:
+                    sig.signal(sig.SIGTERM, sig.SIG_DFL)
