@@ -97,6 +97,8 @@ def test_config_object_and_cli_flags_as_keywords(tmp_path, corpus, reference):
         fastdata.pack(corpus, tmp_path / "x", text_feild="body")
     with pytest.raises(fastdata.FastdataConfigError, match="needs an output"):
         fastdata.pack(corpus)
+    with pytest.raises(fastdata.FastdataConfigError, match="no input files found"):
+        fastdata.pack([], tmp_path / "none")
 
 
 def test_skipped_records_counted_by_reason(tmp_path):

@@ -103,7 +103,7 @@ def build_config(inputs: Iterable[str | os.PathLike[str]], output: str | os.Path
 def _is_paths(inputs: Any) -> bool:
     if isinstance(inputs, (str, os.PathLike)):
         return True
-    return isinstance(inputs, (list, tuple)) and bool(inputs) and all(
+    return isinstance(inputs, (list, tuple)) and all(  # an empty list: "no input files found"
         isinstance(i, (str, os.PathLike)) for i in inputs)
 
 

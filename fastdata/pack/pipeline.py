@@ -40,7 +40,7 @@ from fastdata.pack.records import RecordSource
 from fastdata.pack.shards import ShardCutter, ShardForm, publish_shard, target_tokens
 from fastdata.pack.sources import BLOCK_BYTES, Task, TaskData
 from fastdata.pack.tokenizers import HFTokenizer, load_tokenizer
-from fastdata.pack.workers import ordered_results
+from fastdata.pack.workers import Workers, ordered_results
 from fastdata.storage.remote import Store
 
 log = logging.getLogger(__name__)
@@ -267,33 +267,38 @@ def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = N
         FastdataInputError: a bad record under ``on_error=raise``.
         FastdataIOError: the output cannot be written.
     """
-    plan = plan_pack(config, records)
-    store = plan.store
-    totals = PackProgress()
-    journal = _Journal(store, plan.job, totals)
-    if config.overwrite:
-        store.remove(JOURNAL_NAME)
-    else:
-        journal.load()
-    start_task, skip_docs = journal.position
-    sink = _ShardSink(config, store, plan.dtype, journal)
-    next_task = start_task
+    workers = Workers(config.workers)  # first: before the pack opens an fsspec client, fork is safe
     try:
+        plan = plan_pack(config, records)
+        store = plan.store
+        totals = PackProgress()
+        journal = _Journal(store, plan.job, totals)
+        if config.overwrite:
+            store.remove(JOURNAL_NAME)
+        else:
+            journal.load()
+        start_task, skip_docs = journal.position
+        sink = _ShardSink(config, store, plan.dtype, journal)
+        next_task = start_task
         stream = itertools.islice(plan.stream(config.encode), start_task, None)
-        results = ordered_results(stream, config.encode, config.workers, plan.fetch(config.encode))
-        for i, result in enumerate(results, start=start_task):
-            first = skip_docs if i == start_task else 0
-            if first:
-                result = _drop_docs(result, first)
-            sink.add(i, first, result)
-            _tally(totals, result)
-            next_task = i + 1
-            if progress:
-                progress(totals)
-        sink.finish(next_task)
+        results = ordered_results(stream, config.encode, workers, plan.fetch(config.encode))
+        try:
+            for i, result in enumerate(results, start=start_task):
+                first = skip_docs if i == start_task else 0
+                if first:
+                    result = _drop_docs(result, first)
+                sink.add(i, first, result)
+                _tally(totals, result)
+                next_task = i + 1
+                if progress:
+                    progress(totals)
+            sink.finish(next_task)
+        finally:
+            results.close()  # its fetch threads end before the workers do
+            sink.close()
+        return PackResult(write_manifest(plan, config, journal.shards), totals)
     finally:
-        sink.close()
-    return PackResult(write_manifest(plan, config, journal.shards), totals)
+        workers.close()
 
 
 def _drop_docs(result: TaskResult, n: int) -> TaskResult:

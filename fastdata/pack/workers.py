@@ -34,20 +34,44 @@ def _no_fetch(task: Task, data: TaskData) -> TaskData:
     return data
 
 
-def ordered_results(tasks: Iterable[tuple[Task, TaskData]], options: EncodeOptions, workers: int,
+class Workers:
+    """The encoding processes of one pack.
+
+    Started at once with fork while this process has no other thread (before the pack opens
+    any fsspec client, whose event-loop thread would make fork unsafe); otherwise started
+    with spawn when a pack of more than one task first needs them.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.count, self._pool = workers, None
+        fork = "fork" in multiprocessing.get_all_start_methods()
+        if workers > 1 and threading.active_count() == 1 and fork:
+            self._pool = self._start("fork")
+
+    def _start(self, method: str) -> ProcessPoolExecutor:
+        ctx = multiprocessing.get_context(method)
+        pool = ProcessPoolExecutor(max_workers=self.count, mp_context=ctx, initializer=_worker_init)
+        pool.submit(int).result()  # start the processes now, from this thread
+        return pool
+
+    def pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = self._start("spawn")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def ordered_results(tasks: Iterable[tuple[Task, TaskData]], options: EncodeOptions, workers: Workers,
                     fetch: Fetch = _no_fetch) -> Iterator[TaskResult]:
-    """Encode ``tasks`` on ``workers`` processes (this one for 1); yield results in task order."""
+    """Encode ``tasks`` on the ``workers`` (this process for one); yield results in task order."""
     queued = iter(tasks)
     head = list(itertools.islice(queued, 2))
     queued = itertools.chain(head, queued)
-    pool: ProcessPoolExecutor | None = None
-    if workers > 1 and len(head) > 1:
-        # fork starts workers at once, but is unsafe once threads exist (fsspec/adlfs keep an
-        # event-loop thread for remote outputs): then pay for spawn.
-        safe_to_fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if safe_to_fork else "spawn")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
-        pool.submit(int).result()  # start the workers now, before this process has fetch threads
+    pool = workers.pool() if workers.count > 1 and len(head) > 1 else None
 
     def one(task: Task, data: TaskData) -> TaskResult | TaskData:
         data = fetch(task, data)
@@ -55,7 +79,7 @@ def ordered_results(tasks: Iterable[tuple[Task, TaskData]], options: EncodeOptio
             return data  # encoded by the consumer, in this process
         return pool.submit(encode_task, task, options, data).result()
 
-    depth = 2 * workers
+    depth = 2 * workers.count
     fetchers = ThreadPoolExecutor(depth, thread_name_prefix="fastdata-pack-input")
     window: deque[tuple[Task, Future[TaskResult | TaskData]]] = deque()
     try:
@@ -74,5 +98,3 @@ def ordered_results(tasks: Iterable[tuple[Task, TaskData]], options: EncodeOptio
         for _, future in window:
             future.cancel()
         fetchers.shutdown(wait=True, cancel_futures=True)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
