@@ -18,6 +18,7 @@ import contextlib
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Callable
 
 from fastdata.atomic import is_enospc, sweep_stale_temps, temp_name
@@ -65,6 +66,12 @@ def plain_file(directory: str, name: str, size: int, fill: Callable[[str], None]
     again; the caller verifies the content of a file it did not write.
     """
     final = os.path.join(directory, name)
+    with _lock_of(final):  # one fetch per file in this process (the prefetcher and the loader race)
+        return _plain_file(final, directory, name, size, fill)
+
+
+def _plain_file(final: str, directory: str, name: str, size: int, fill: Callable[[str], None]
+                ) -> tuple[str, bool]:
     try:
         st = os.lstat(final)
         if stat.S_ISREG(st.st_mode) and st.st_size == size:
@@ -107,6 +114,15 @@ def _drop_fills_left_behind() -> None:
     for directory in list(_directories):
         with contextlib.suppress(OSError):
             sweep_stale_temps(directory)
+
+
+_locks: dict[str, threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _lock_of(path: str) -> threading.Lock:
+    with _locks_lock:
+        return _locks.setdefault(path, threading.Lock())
 
 
 def drop(path: str) -> None:
