@@ -96,6 +96,8 @@ def test_missing_remote_input_names_the_redacted_url(tmp_path, raw, azurite):
     assert "TOPSECRETSIG" not in message and azurite["conn"].split("AccountKey=")[1][:12] not in message
     with pytest.raises(fastdata.FastdataInputError, match=r"raw/\*\.txt: input does not exist"):
         fastdata.pack(f"{raw}/*.txt", tmp_path / "out", storage_options=opts)
+    with pytest.raises(fastdata.FastdataInputError, match=r"az://no-such-container/x\.jsonl: input does"):
+        fastdata.pack("az://no-such-container/x.jsonl", tmp_path / "out", storage_options=opts)
 
 
 def test_killed_remote_pack_resumes_to_the_same_bytes(tmp_path, raw, reference, az_env):

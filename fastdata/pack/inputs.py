@@ -52,7 +52,10 @@ class _InputStore(Store):
             size = None if any(c in pattern for c in _GLOB) or not pattern else self.size(pattern)
             return {} if size is None else {pattern: {"size": size, "etag": self.etag(pattern)}}
         fs, root = self._fs, self._root
-        found = fs.glob(f"{root}/{pattern}", detail=True) if pattern else fs.find(root, detail=True)
+        try:
+            found = fs.glob(f"{root}/{pattern}", detail=True) if pattern else fs.find(root, detail=True)
+        except FileNotFoundError:  # no such container or bucket: nothing matches
+            return {}
         out = {}
         for path, info in sorted(found.items()):
             name = path[len(root):].lstrip("/")
