@@ -243,22 +243,32 @@ def _filled_batches(samples):
         yield {"input_ids": out}
 
 
-def check_fastdata_content(dataset: str, stream: np.ndarray, pattern: str, batches: int,
-                           per_sample: bool = False) -> bool:
-    """fastdata's batches (or samples) hold the stream windows their sample_ids name (untimed)."""
+def check_fastdata_content(dataset: str, pattern: str, batches: int, per_sample: bool = False) -> bool:
+    """fastdata's batches (or samples) hold the packed windows their sample_ids name (untimed).
+
+    A packed window never crosses a shard: sample ``i`` is tokens ``[2048 k, 2048 k + 2049)``
+    of its shard (``k`` = its rank there), read back with ``Dataset.tokens``. (The stream the
+    peers' exports hold tiles the whole token stream instead: the same number of samples of
+    the same size, not the same windows.)"""
     import fastdata  # noqa: PLC0415
 
     ds = fastdata.TokenDataset(dataset, seq_len=SEQ_LEN, shuffle=pattern == "shuffled", seed=0,
                                batch_size=None if per_sample else BATCH)
+    first = ds.space.first
+    starts = np.concatenate([[0], np.cumsum([s.tokens for s in ds.data.shards])])
     for k, batch in enumerate(ds):
         if k >= batches * (BATCH if per_sample else 1):
             break
         if per_sample:
             batch = {key: v[None] for key, v in batch.items()}
-        ids = batch["sample_ids"].numpy()
-        want = np.stack([stream[i * SEQ_LEN : i * SEQ_LEN + SEQ_LEN + 1] for i in ids]).astype(np.int64)
-        if not (np.array_equal(batch["input_ids"].numpy(), want[:, :-1])
-                and np.array_equal(batch["labels"].numpy(), want[:, 1:])):
+        want = []
+        for i in batch["sample_ids"].tolist():
+            shard = int(np.searchsorted(first, i, side="right")) - 1
+            start = int(starts[shard]) + (i - int(first[shard])) * SEQ_LEN
+            want.append(np.asarray(ds.data.tokens(start, start + SEQ_LEN + 1), dtype=np.int64))
+        window = np.stack(want)
+        if not (np.array_equal(batch["input_ids"].numpy(), window[:, :-1])
+                and np.array_equal(batch["labels"].numpy(), window[:, 1:])):
             return False
     return True
 
@@ -272,10 +282,9 @@ def bench_inproc(args: argparse.Namespace, dataset: Path, meta: dict) -> dict:
     warm = 64 if (64 + 64) * BATCH <= meta["samples"] else 1
     nb = min(args.inproc_batches, meta["samples"] // BATCH - warm)
     stream_path = str(args.work_dir / "stream.u16")
-    stream = np.memmap(stream_path, dtype="<u2", mode="r")
     results: dict[str, dict] = {}
-    checks = {p: check_fastdata_content(str(dataset), stream, p, 20) for p in ("sequential", "shuffled")}
-    sample_checks = {p: check_fastdata_content(str(dataset), stream, p, 20, per_sample=True)
+    checks = {p: check_fastdata_content(str(dataset), p, 20) for p in ("sequential", "shuffled")}
+    sample_checks = {p: check_fastdata_content(str(dataset), p, 20, per_sample=True)
                      for p in ("sequential", "shuffled")}
 
     def memmap_round(pattern: str) -> float:
