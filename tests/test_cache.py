@@ -455,6 +455,16 @@ def test_a_second_publisher_neither_corrupts_nor_double_counts(tmp_path, caplog)
     cache.close()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+def test_g3_root_owned_by_another_user_is_refused_even_if_not_world_writable(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir(mode=0o755)
+    os.chown(other, 65534, 65534)
+    with pytest.raises(FastdataCacheError, match=f"{other} is owned by uid 65534, not this user"):
+        NodeCache(str(other), "1MiB")
+    assert os.listdir(other) == []
+
+
 @pytest.mark.timeout(20)
 def test_a_holder_is_alive_exactly_while_it_holds_its_lease(tmp_path, workers):
     """Liveness is the lease lock, not the pid: a pin recorded under this very pid but without

@@ -111,3 +111,36 @@ def test_cache_root_owned_by_another_user_is_refused(server, tmp_path):
     with pytest.raises(fastdata.FastdataCacheError, match="owned by uid 12345"):
         remote(server, str(cache))
     assert [n for n in os.listdir(cache) if not n.startswith(".")] == []  # no shard was cached there
+
+
+@pytest.mark.parametrize("limit", [None, "64MB"], ids=["plain", "node-cache"])
+def test_c7_warm_run_makes_no_gets_and_two_damaged_shards_are_fetched_again(server, dataset, tmp_path,
+                                                                          caplog, limit):
+    """C7: a warm re-run makes 0 shard GETs; one flipped byte and one 1-byte truncation make
+    exactly those two shards come down again, with one warning each naming the file and why."""
+    import logging
+
+    want = read_all(str(dataset / "ds"))
+    cache = str(tmp_path / "cache")
+    options = {"storage_options": INSECURE, "cache_dir": cache, "cache_limit": limit}
+    assert_same(read_all(server.url + "/ds", **options), want)
+    cold = shard_gets(server)
+    assert_same(read_all(server.url + "/ds", **options), want)
+    assert shard_gets(server) == cold  # warm: no shard GET at all
+    ns = namespace_dir(cache)
+    flipped, truncated = os.path.join(ns, "shard-00001.fds"), os.path.join(ns, "shard-00004.fds")
+    with open(flipped, "r+b") as f:
+        f.seek(100)
+        b = f.read(1)
+        f.seek(100)
+        f.write(bytes([b[0] ^ 1]))
+    os.truncate(truncated, os.path.getsize(truncated) - 1)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastdata"):
+        assert_same(read_all(server.url + "/ds", **options), want)
+    again = shard_gets(server) - cold
+    assert dict(again) == {"/ds/shard-00001.fds": cold["/ds/shard-00001.fds"],
+                           "/ds/shard-00004.fds": cold["/ds/shard-00004.fds"]}
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([m for m in messages if flipped in m and "xxh3_128" in m]) == 1, messages
+    assert len([m for m in messages if truncated in m and "size is" in m]) == 1, messages

@@ -158,6 +158,11 @@ class NodeCache:
             raise FastdataCacheError(
                 f"node cache root {self.root} is world-writable and owned by uid {st.st_uid}, not us "
                 f"({os.getuid()}): others could replace cached shards; use a private directory")
+        elif st.st_uid != os.getuid():
+            os.close(fd)
+            raise FastdataCacheError(
+                f"node cache root {self.root} is owned by uid {st.st_uid}, not this user ({os.getuid()}): "
+                "its owner could plant or replace cached shards; use a directory you own (or chown it)")
         elif st.st_mode & stat.S_IWOTH:
             log.warning("node cache root %s is world-writable (mode %o): other users can tamper with "
                         "it; chmod 700 it", self.root, stat.S_IMODE(st.st_mode))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import shutil
 import stat
@@ -23,6 +24,8 @@ from collections.abc import Callable
 
 from fastdata.atomic import is_enospc, sweep_stale_temps, temp_name
 from fastdata.errors import FastdataCacheError
+
+log = logging.getLogger(__name__)
 
 
 def private_directory(path: str) -> str:
@@ -76,6 +79,9 @@ def _plain_file(final: str, directory: str, name: str, size: int, fill: Callable
         st = os.lstat(final)
         if stat.S_ISREG(st.st_mode) and st.st_size == size:
             return final, False
+        why = (f"its size is {st.st_size} bytes, expected {size}" if stat.S_ISREG(st.st_mode)
+               else "it is not a regular file (never followed)")
+        log.warning("cache directory: fetching %s again: %s", final, why)
         os.unlink(final)
     except FileNotFoundError:
         pass
