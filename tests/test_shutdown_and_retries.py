@@ -94,3 +94,36 @@ def test_d5_throttled_shard_retries_show_in_the_metrics(dataset, tmp_path):
         statuses = [r.status for r in server.requests("GET", "/ds/shard-00000.fds")]
     assert statuses == [503, 503, 206]
     assert metrics.registry.export()["counters"].get("fetch.retries", 0) - before == 2
+
+
+def test_d4_stalls_are_retried_and_nothing_leaks_after_the_loader_closes(dataset, tmp_path):
+    """D4's leak half: after a loader has read through stalled connections (the proxy stops
+    forwarding mid-response; read_timeout 1 s), no fastdata thread and no extra fd remain."""
+    from _faultproxy import FaultProxy
+
+    shutil.copytree(dataset / "ds", tmp_path / "ds")
+    packed_dataset(str(tmp_path / "other"), docs=200, seed=7, shard_size=4096)
+    shutil.move(str(tmp_path / "other" / "ds"), str(tmp_path / "ds2"))
+    want = [b["input_ids"].numpy().copy() for b in fastdata.TokenDataset(
+        str(tmp_path / "ds2"), seq_len=31, batch_size=2, shuffle=False)]
+    with RangeServer(str(tmp_path)) as server:
+        proxy = FaultProxy(int(server.url.rsplit(":", 1)[1])).start()
+        try:
+            url = f"http://127.0.0.1:{proxy.port}"
+            options = {"storage_options": {"allow_insecure": True, "read_timeout": 1},
+                       "cache_dir": str(tmp_path / "cache"), "cache_limit": "64MB"}
+            warm = fastdata.TokenDataset(url + "/ds", seq_len=31, batch_size=2, **options)
+            list(fastdata.DataLoader(warm, batch_size=2))  # the first dataset sets up what stays
+            fds = len(os.listdir("/proc/self/fd"))
+            proxy.reset_counters()
+            proxy.faults.stall_after, proxy.faults.fault_conns = 3000, 2
+            ds = fastdata.TokenDataset(url + "/ds2", seq_len=31, batch_size=2, shuffle=False, **options)
+            got = [b["input_ids"].numpy().copy() for b in fastdata.DataLoader(ds, batch_size=2)]
+            assert proxy.counters.faults >= 1
+        finally:
+            proxy.stop()
+    assert len(got) == len(want) and all((g == w).all() for g, w in zip(got, want))
+    import threading
+
+    assert [t.name for t in threading.enumerate() if t.name.startswith("fastdata")] == []
+    assert len(os.listdir("/proc/self/fd")) <= fds
