@@ -277,6 +277,12 @@ def test_c4_minimum_cache_never_evicts_a_shard_in_use(even_server, tmp_path, bac
     expected = ids_of(fastdata.DataLoader(
         fastdata.TokenDataset(os.path.join(server.root, "ds"), seq_len=32, shuffle=False), batch_size=4,
         num_workers=0))
+    if backend == "processes":  # C6: each worker process pins its own shards, so the minimum grows
+        probe = fastdata.TokenDataset(url, seq_len=32, shuffle=False, cache_dir=cache + "-probe2",
+                                      cache_limit=minimum, storage_options=INSECURE)
+        with pytest.raises(fastdata.FastdataConfigError, match=r"x 3 worker processes") as err:
+            fastdata.DataLoader(probe, batch_size=4, backend=backend, num_workers=3)
+        minimum = int(re.search(r"use at least (\d+) bytes", str(err.value)).group(1))
     ds = fastdata.TokenDataset(url, seq_len=32, shuffle=False, cache_dir=cache, cache_limit=minimum,
                                storage_options=INSECURE)
     # No look-ahead: with the tightest cache a prefetched shard can be evicted before its use by

@@ -100,7 +100,8 @@ class DataLoader:
             raise FastdataConfigError(f"the dataset was built with batch_size={dataset.batch_size}, "
                                       f"the loader asks for {batch_size}")
         dataset.batch_size = batch_size
-        dataset.fit_cache()  # pins per process follow the micro-batch
+        # pins per process follow the micro-batch; each worker process pins its own shards
+        dataset.fit_cache(processes=num_workers if backend == "processes" and num_workers else 1)
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
         self.pin_memory = pin_memory and torch.cuda.is_available()
         if pin_memory and not self.pin_memory:

@@ -220,7 +220,7 @@ class TokenDataset(IterableDataset):
             out += [{k: v[i * b : (i + 1) * b] for k, v in arrays.items()} for i in range(hi - lo)]
         return out
 
-    def fit_cache(self) -> None:
+    def fit_cache(self, processes: int = 1) -> None:
         """With a node cache: decide how many shards each process keeps mapped (and pinned),
         refuse a limit that cannot work (naming the minimum), and cap the prefetch look-ahead
         at the room left. ``fastdata.DataLoader`` calls it again when it sets ``batch_size``.
@@ -233,13 +233,13 @@ class TokenDataset(IterableDataset):
         if self._cache_limit is None:
             return
         world, limit = self._cache_world, self._cache_limit
-        ranks = world.ranks_per_node
+        ranks = world.ranks_per_node * processes  # processes of the node that pin shards
         working = max(CACHED_OPEN_SHARDS, self.working_set(world))
         largest = max((int(d.shards.column("raw_bytes").max()) for d in self.datasets if len(d.shards)),
                       default=0)
         per_rank = working if limit >= largest * (ranks * working + 1) else CACHED_OPEN_SHARDS
         self._tight = per_rank < working
-        _check_cache_limit(self.datasets, limit, world, per_rank)
+        _check_cache_limit(self.datasets, limit, world, per_rank, processes)
         if per_rank < working and self.fetches:
             log.warning("cache_limit %d bytes holds less than the %d shards per rank this order reads at "
                         "once: shards will be opened repeatedly and may be fetched again; %d bytes or more "
@@ -383,15 +383,18 @@ class TokenDataset(IterableDataset):
 CACHED_OPEN_SHARDS = 4
 
 
-def _check_cache_limit(datasets: Sequence[Dataset], limit: int, world: World, per_rank: int) -> int:
-    """Refuse up front a node cache too small to hold what the node's ranks pin at once; sets
-    each dataset's open-shard limit to ``per_rank``. Returns the largest raw shard size."""
+def _check_cache_limit(datasets: Sequence[Dataset], limit: int, world: World, per_rank: int,
+                       processes: int = 1) -> int:
+    """Refuse up front a node cache too small for what the node's ranks (and worker processes)
+    pin at once; sets each dataset's open-shard limit to ``per_rank``. Returns the largest shard."""
     largest = max((int(d.shards.column("raw_bytes").max()) for d in datasets if len(d.shards)), default=0)
-    concurrent = world.ranks_per_node * per_rank + 1
+    concurrent = world.ranks_per_node * processes * per_rank + 1
+        who = f"{world.ranks_per_node} rank(s)"
+        who += f" x {processes} worker processes" if processes > 1 else ""
     minimum = largest * concurrent
     if limit < minimum:
         raise FastdataConfigError(
-            f"cache_limit {limit} bytes is too small: {world.ranks_per_node} rank(s) on this node keep up "
+            f"cache_limit {limit} bytes is too small: {who} on this node keep up "
             f"to {per_rank} shards of up to {largest} bytes each, plus one in flight; use at "
             f"least {minimum} bytes")
     for d in datasets:
