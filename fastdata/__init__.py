@@ -20,6 +20,7 @@ from fastdata.errors import (
     FastdataIntegrityError,
     FastdataIOError,
     FastdataStateError,
+    FastdataWorkerError,
 )
 from fastdata.world import World
 
@@ -57,6 +58,7 @@ __all__ = [
     "FastdataInputError",
     "FastdataIntegrityError",
     "FastdataStateError",
+    "FastdataWorkerError",
     "OrderOptions",
     "Source",
     "TokenDataset",

@@ -45,6 +45,10 @@ class FastdataCacheError(FastdataIOError):
     """The node-local cache cannot hold or publish what is needed."""
 
 
+class FastdataWorkerError(FastdataError, RuntimeError):
+    """A DataLoader worker process stopped or hung past the loader's timeout and was ended."""
+
+
 __all__ = [
     "FastdataCacheError",
     "FastdataConfigError",
@@ -55,4 +59,5 @@ __all__ = [
     "FastdataInputError",
     "FastdataIntegrityError",
     "FastdataStateError",
+    "FastdataWorkerError",
 ]

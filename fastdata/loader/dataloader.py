@@ -33,6 +33,7 @@ from fastdata.loader.prefetch import Prefetcher
 from fastdata.loader.sigterm import graceful_sigterm
 from fastdata.loader.stalls import Made, Stalls, made, shares
 from fastdata.loader.state import StreamState, parse_state
+from fastdata.loader.watchdog import Watchdog, watched
 from fastdata.sampling.order import EpochOrder, Stripe
 from fastdata.world import World
 
@@ -79,7 +80,10 @@ class DataLoader:
         pin_memory: pin batches in page-locked memory for fast host-to-GPU copies (needs CUDA).
         prefetch: batches prepared ahead of the training loop (default ``2 * num_workers``).
         backend: ``"threads"`` (default) or ``"processes"``.
-        timeout: seconds to wait for a batch from a worker process before raising.
+        timeout: the longest wait, in seconds, for one batch from a worker process
+            (default 600; 0 waits forever, as torch does): past it, or when that worker has
+            been stopped (SIGSTOP) for 5 s, the worker is ended and FastdataWorkerError names
+            it, within about 6 s more (``fastdata.loader.watchdog``; docs/loader.md).
         prefetch_bytes: how far ahead (in shard bytes) remote shards are fetched into the
             cache by a background thread (threads backend; 0 turns it off).
         log_every: log a line of :meth:`metrics` (logger ``fastdata.metrics``, level INFO)
@@ -89,13 +93,13 @@ class DataLoader:
     def __init__(  # noqa: PLR0913 - mirrors torch's DataLoader arguments
         self, dataset: TokenDataset, batch_size: int, *, num_workers: int = 2,
         pin_memory: bool = False, prefetch: int | None = None, backend: str = "threads",
-        timeout: float = 0, prefetch_bytes: int = 2 << 30, log_every: int = 0,
+        timeout: float = 600, prefetch_bytes: int = 2 << 30, log_every: int = 0,
     ) -> None:
         if backend not in BACKENDS:
             raise FastdataConfigError(f"unknown backend {backend!r}; use one of {BACKENDS}")
-        if batch_size < 1 or num_workers < 0:
-            raise FastdataConfigError(f"need batch_size >= 1 and num_workers >= 0, got "
-                                      f"{batch_size} and {num_workers}")
+        if batch_size < 1 or num_workers < 0 or not timeout >= 0:
+            raise FastdataConfigError(f"need batch_size >= 1, num_workers >= 0 and timeout >= 0, got "
+                                      f"{batch_size}, {num_workers} and {timeout}")
         if dataset.batch_size not in (None, batch_size):
             raise FastdataConfigError(f"the dataset was built with batch_size={dataset.batch_size}, "
                                       f"the loader asks for {batch_size}")
@@ -358,12 +362,13 @@ class DataLoader:
         loader = torch.utils.data.DataLoader(
             _StepStream(self.dataset, self.world, epoch, start), batch_size=None,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
-            prefetch_factor=max(1, self.prefetch // self.num_workers), timeout=self.timeout,
+            prefetch_factor=max(1, self.prefetch // self.num_workers),  # the watchdog keeps time
         )
         iterator = iter(loader)
+        watch = Watchdog(iterator, self.timeout) if self.timeout else None
         interrupted = True
         try:
-            for step, batch, update, record in iterator:
+            for step, batch, update, record in watched(iterator, watch):
                 if update:
                     self._stats.merge(update)
                 yield step, batch, record
@@ -372,6 +377,8 @@ class DataLoader:
             interrupted = False
             raise
         finally:
+            if watch is not None:
+                watch.close()
             if interrupted:  # Ctrl-C: torch would give each worker 5 s to finish a stalled fetch
                 for worker in getattr(iterator, "_workers", ()):
                     worker.terminate()
