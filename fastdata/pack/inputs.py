@@ -17,6 +17,7 @@ import functools
 import io
 import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar, cast
 
@@ -32,6 +33,8 @@ RANGE_BYTES = 8 << 20
 #: Bytes read ahead of each block boundary (and of a Parquet footer) when planning.
 PROBE_BYTES = 64 << 10
 _GLOB = ("*", "[")
+#: Remote files planned at once.
+PLAN_THREADS = 8
 #: The remote inputs as a Ray task gets them: (shown path, (root URL, name, size)) and options.
 InputSpec = tuple[tuple[tuple[str, tuple[str, str, int]], ...], dict[str, Any]]
 
@@ -211,13 +214,17 @@ class Inputs:
     def plan(self, options: ReadOptions) -> list[Task]:
         """The ordered tasks covering the files, as :func:`~fastdata.pack.sources.plan_tasks`
         cuts them (the same tasks for a remote input as for a local copy)."""
-        tasks: list[Task] = []
-        for f in self.files:
+        def one(f: InputFile) -> list[Task]:
             if f.path.endswith(".arrow") and not is_remote(f.path):
-                tasks.extend(plan_arrow(f.path))
-            else:
-                tasks.extend(plan_tasks([f.path], options, [f.size], self.open))
-        return tasks
+                return plan_arrow(f.path)
+            return plan_tasks([f.path], options, [f.size], self.open)
+
+        if not any(is_remote(f.path) for f in self.files):
+            return [t for f in self.files for t in one(f)]
+        # a remote file's block boundaries are found one ranged GET after another: plan
+        # several files at once
+        with ThreadPoolExecutor(PLAN_THREADS, thread_name_prefix="fastdata-pack-plan") as pool:
+            return [t for tasks in pool.map(one, self.files) for t in tasks]
 
     def fetch(self, task: Task, options: ReadOptions) -> Fetched | None:
         """The bytes a worker needs for ``task``: None for a local file."""
