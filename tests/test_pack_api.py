@@ -142,9 +142,12 @@ def test_chat_records_from_a_dataset(tmp_path, docs):
     src = tmp_path / "chat.jsonl"
     src.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
     cli([src], tmp_path / "ref", "--chat")
-    fastdata.pack(datasets.Dataset.from_dict({"messages": chats}), tmp_path / "ds", chat=True,
-                  shard_size="16KB")
+    ds = datasets.Dataset.from_dict({"messages": chats})
+    fastdata.pack(ds, tmp_path / "ds", chat=True, shard_size="16KB")
     same_dataset(tmp_path / "ds", tmp_path / "ref")
+    ds.save_to_disk(str(tmp_path / "saved"))
+    cli([tmp_path / "saved"], tmp_path / "from-saved", "--chat")
+    same_dataset(tmp_path / "from-saved", tmp_path / "ref")
     with fastdata.open_dataset(str(tmp_path / "ds")) as got:
         assert got.manifest.has_loss_mask
 
