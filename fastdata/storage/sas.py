@@ -15,9 +15,11 @@ Nothing here logs or formats the query; callers show URLs through ``redact``.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from fastdata.errors import FastdataConfigError
 
@@ -43,6 +45,7 @@ def split_query(url: str, options: Mapping[str, Any], display: str) -> tuple[str
     bare = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
+        hide_in_logs(parts.query)
         return bare, out, parts.query
     if scheme in AZURE_SCHEMES:
         given = out.get("sas_token")
@@ -58,3 +61,37 @@ def split_query(url: str, options: Mapping[str, Any], display: str) -> tuple[str
     raise FastdataConfigError(
         f"{display}: a query string on a {scheme}:// URL is not a credential fastdata can use; "
         "pass credentials in storage_options")
+
+
+#: Loggers of the libraries fastdata calls that write request URLs (fsspec's HTTP filesystem
+#: logs each one at DEBUG, query string included).
+THIRD_PARTY_LOGGERS = ("fsspec", "fsspec.http", "aiohttp.client")
+_hidden: set[str] = set()
+_hidden_lock = threading.Lock()
+
+
+class _Redact(logging.Filter):
+    """Replaces every registered SAS query in a record's text with ``<redacted>``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _hidden:
+            return True
+        text = record.getMessage()
+        changed = text
+        for secret in list(_hidden):
+            changed = changed.replace(secret, "<redacted>")
+        if changed != text:
+            record.msg, record.args = changed, None
+        return True
+
+
+_filter = _Redact()
+
+
+def hide_in_logs(query: str) -> None:
+    """Keep ``query`` (and its percent-encoded form) out of the third-party loggers' records."""
+    with _hidden_lock:
+        if not _hidden:
+            for name in THIRD_PARTY_LOGGERS:
+                logging.getLogger(name).addFilter(_filter)
+        _hidden.update({query, quote(query, safe="")})
