@@ -1,7 +1,9 @@
 """fastdata: token-native shards and a streaming dataset that keeps accelerators fed.
 
-The training classes (``TokenDataset``, ``DataLoader``, ``OrderOptions``) need torch and are
-imported on first use, so ``fastdata pack`` and other tools start without loading torch.
+Everything but the errors and ``World`` is imported on first use: the training classes
+(``TokenDataset``, ``DataLoader``, ``OrderOptions``) need torch, the reader (``Dataset``,
+``open_dataset``) the native extension, so ``fastdata pack``, the tools and any
+``import fastdata.<layer>`` start without loading either.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fastdata.dataset import Dataset, open_dataset
+from fastdata._version import __version__
 from fastdata.errors import (
     FastdataCacheError,
     FastdataConfigError,
@@ -25,12 +27,13 @@ from fastdata.errors import (
 from fastdata.world import World
 
 if TYPE_CHECKING:
+    from fastdata.dataset import Dataset, open_dataset
     from fastdata.loader.dataloader import DataLoader
     from fastdata.loader.dataset import OrderOptions, Source, TokenDataset
 
-__version__ = "0.1.0"
-
 _LAZY = {
+    "Dataset": "fastdata.dataset",
+    "open_dataset": "fastdata.dataset",
     "DataLoader": "fastdata.loader.dataloader",
     "OrderOptions": "fastdata.loader.dataset",
     "Source": "fastdata.loader.dataset",

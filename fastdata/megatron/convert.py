@@ -102,7 +102,7 @@ def import_megatron(config: ImportConfig,
     tokenizer = TokenizerInfo(
         kind="pretokenized", name=f"megatron:{stem}", vocab_size=vocab, eos_id=config.eos_id, bos_id=None,
         fingerprint=xxhash.xxh3_128_hexdigest(f"ids:{vocab}:{config.eos_id}:None".encode()))
-    from fastdata import __version__
+    from fastdata._version import __version__
 
     provenance = {"fastdata_version": __version__, "megatron": {
         "source": source.describe(stem), "identity": index.identity, "dtype": index.dtype.name,

@@ -323,7 +323,7 @@ def write_manifest(plan: PackPlan, config: PackConfig, shards: Sequence[ShardInf
     pause_point("after_shards_before_manifest")
     if isinstance(tok, HFTokenizer):
         store.write_bytes(TOKENIZER_NAME, tok.source_bytes)
-    from fastdata import __version__
+    from fastdata._version import __version__
 
     manifest = Manifest(
         dtype=plan.dtype, has_loss_mask=config.encode.read.chat, compression=config.compression,
