@@ -28,12 +28,13 @@ from fastdata import metrics
 from fastdata.daemon_pool import DaemonPool
 from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.loader.dataset import TokenDataset
+from fastdata.loader.job_check import check_job
 from fastdata.loader.job_view import job_view
 from fastdata.loader.prefetch import Prefetcher
 from fastdata.loader.sigterm import graceful_sigterm
 from fastdata.loader.stalls import Made, Stalls, made, shares
 from fastdata.loader.state import StreamState, parse_state
-from fastdata.loader.watchdog import Watchdog, watched
+from fastdata.loader.watchdog import watched
 from fastdata.sampling.order import EpochOrder, Stripe
 from fastdata.world import World
 
@@ -80,10 +81,9 @@ class DataLoader:
         pin_memory: pin batches in page-locked memory for fast host-to-GPU copies (needs CUDA).
         prefetch: batches prepared ahead of the training loop (default ``2 * num_workers``).
         backend: ``"threads"`` (default) or ``"processes"``.
-        timeout: the longest wait, in seconds, for one batch from a worker process
-            (default 600; 0 waits forever, as torch does): past it, or when that worker has
-            been stopped (SIGSTOP) for 5 s, the worker is ended and FastdataWorkerError names
-            it, within about 6 s more (``fastdata.loader.watchdog``; docs/loader.md).
+        timeout: the longest wait in seconds for one batch from a worker process (default 600;
+            0: forever): past it, or once that worker is stopped (SIGSTOP) for 5 s, it is ended
+            and FastdataWorkerError names it within 6 s more (``fastdata.loader.watchdog``).
         prefetch_bytes: how far ahead (in shard bytes) remote shards are fetched into the
             cache by a background thread (threads backend; 0 turns it off).
         log_every: log a line of :meth:`metrics` (logger ``fastdata.metrics``, level INFO)
@@ -241,6 +241,7 @@ class DataLoader:
         return self._epoch()
 
     def _epoch(self) -> Iterator[dict[str, torch.Tensor]]:
+        check_job(self.dataset, self.world)  # every rank reads the same dataset (loader/job_check.py)
         if self._pending is not None:
             epoch, start = self._pending.epoch, self._pending.step
             self._pending = None
@@ -365,10 +366,9 @@ class DataLoader:
             prefetch_factor=max(1, self.prefetch // self.num_workers),  # the watchdog keeps time
         )
         iterator = iter(loader)
-        watch = Watchdog(iterator, self.timeout) if self.timeout else None
         interrupted = True
         try:
-            for step, batch, update, record in watched(iterator, watch):
+            for step, batch, update, record in (stream := watched(iterator, self.timeout)):
                 if update:
                     self._stats.merge(update)
                 yield step, batch, record
@@ -377,8 +377,7 @@ class DataLoader:
             interrupted = False
             raise
         finally:
-            if watch is not None:
-                watch.close()
+            stream.close()  # stops the watchdog
             if interrupted:  # Ctrl-C: torch would give each worker 5 s to finish a stalled fetch
                 for worker in getattr(iterator, "_workers", ()):
                     worker.terminate()

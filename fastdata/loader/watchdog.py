@@ -139,26 +139,31 @@ class Watchdog:
                 pass
 
 
-def watched(iterator: Any, watch: Watchdog | None) -> Any:
-    """The items of torch's ``iterator``, each wait watched by ``watch`` (None: unwatched);
-    a worker the watchdog ended is raised as :class:`~fastdata.errors.FastdataWorkerError`."""
+def watched(iterator: Any, timeout: float) -> Any:
+    """The items of torch's ``iterator``, each wait watched by a :class:`Watchdog` (none when
+    ``timeout`` is 0); a worker it ended is raised as :class:`~fastdata.errors.FastdataWorkerError`.
+    Closing this generator stops the watchdog."""
     from fastdata.errors import FastdataWorkerError
 
-    if watch is None:
+    if not timeout:
         yield from iterator
         return
-    while True:
-        watch.waiting()
-        try:
-            item = next(iterator)
-        except StopIteration:
-            return
-        except Exception as error:
+    watch = Watchdog(iterator, timeout)
+    try:
+        while True:
+            watch.waiting()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            except Exception as error:
+                if watch.fired is not None:
+                    raise FastdataWorkerError(watch.fired) from error
+                raise
+            finally:
+                watch.arrived()
             if watch.fired is not None:
-                raise FastdataWorkerError(watch.fired) from error
-            raise
-        finally:
-            watch.arrived()
-        if watch.fired is not None:
-            raise FastdataWorkerError(watch.fired)
-        yield item
+                raise FastdataWorkerError(watch.fired)
+            yield item
+    finally:
+        watch.close()
