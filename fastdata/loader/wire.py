@@ -47,7 +47,7 @@ Entry = tuple[str, str, tuple[int, ...], str, int, str]
 WINDOW, SHIFTED = "window", "shifted"
 
 
-class WireBatch(dict):  # type: ignore[type-arg]
+class WireBatch(dict):
     """A batch (or sample) of tensors that pickles compactly; see the module docstring."""
 
     def __copy__(self) -> WireBatch:  # default_collate / default_convert clone the first item
