@@ -105,6 +105,26 @@ def test_loss_mask_padding_and_extra_outputs_keep_their_values(data, chat_data):
     assert masked >= 3  # chat masks, document padding, the padded tail batch
 
 
+def test_per_sample_items_are_views_of_one_window_with_the_per_array_values(data, chat_data):
+    """Without batch_size a packed sample without a loss mask is one L + 1 window gathered once:
+    input_ids and labels are its two contiguous halves; the values equal the per-array path
+    (BatchAssembler on that one id). With a loss mask the per-array path is used as before."""
+    for path, windows in ((data, True), (chat_data, False)):
+        ds = fastdata.TokenDataset(path, seq_len=SEQ, seed=4)
+        items = list(ds)
+        for item in items:
+            ref = ds.assembler()(item["sample_ids"].reshape(1).numpy())
+            want = {k: torch.from_numpy(v[0, ...]) for k, v in ref.items() if k != "cu_seqlens"}
+            assert_same(item, want)
+            x, y = item["input_ids"], item["labels"]
+            assert x.is_contiguous() and y.is_contiguous() and x.dtype == torch.int64
+            shared = x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+            assert shared == windows
+            if windows:
+                assert y.data_ptr() == x.data_ptr() + x.element_size()
+        assert len(items) == ds.steps_per_epoch() > 8
+
+
 def test_values_the_format_does_not_cover_go_the_stock_way():
     batch = {"input_ids": torch.arange(6).reshape(2, 3), "note": "text",
              "x": torch.ones(2, dtype=torch.bfloat16)}
