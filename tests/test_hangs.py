@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import _jobs
 import pytest
+from _faultproxy import FaultProxy
 from _loader import packed_dataset
+from _rangeserver import RangeServer
 
 import fastdata
 from fastdata.loader.watchdog import REPORT_WITHIN, STOPPED_AFTER
+from fastdata.sampling.order import Stripe
+from fastdata.storage.backends import AZURE_TIMEOUTS
+from fastdata.storage.download import RetryPolicy
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(120)]
 CHILD = Path(__file__).with_name("_hang_worker.py")
@@ -69,3 +77,85 @@ def test_timeout_must_not_be_negative(path):
     ds = fastdata.TokenDataset(path, seq_len=31, batch_size=2)
     with pytest.raises(fastdata.FastdataConfigError, match="timeout"):
         fastdata.DataLoader(ds, batch_size=2, backend="processes", timeout=-1)
+
+
+# ------------------------------------------------------------- one rank's fatal data error
+
+RANK_WORKER = Path(__file__).with_name("_rank_fail_worker.py")
+NODES, PER_NODE, MICRO, SEQ_LEN, SEED, WINDOW = 2, 2, 2, 31, 3, 2
+WORLD_SIZE = NODES * PER_NODE
+#: Seconds within which the other ranks exit after the failing one (docs/loader.md).
+OTHERS_WITHIN = 15.0
+
+
+class TimedProxy(FaultProxy):
+    """A FaultProxy whose request log also says when each request went upstream."""
+
+    def _log_requests(self, buffer, conn, skip):
+        before = len(self.counters.requests)
+        super()._log_requests(buffer, conn, skip)
+        for request in self.counters.requests[before:]:
+            request.t = time.monotonic()
+
+
+def shards_only_rank_reads(path: str, rank: int) -> list[str]:
+    """Names of the shards that ``rank`` of the 2 x 2 job reads in epoch 0 and no other rank does."""
+    ds = fastdata.TokenDataset(path, seq_len=SEQ_LEN, seed=SEED, batch_size=MICRO, world=fastdata.World(),
+                               order=fastdata.OrderOptions(window=WINDOW, partitions=WORLD_SIZE))
+    order = ds.epoch_order(0, fastdata.World(rank=0, world_size=WORLD_SIZE, local_rank=0,
+                                             ranks_per_node=PER_NODE))
+    needs: list[set[int]] = [set() for _ in range(WORLD_SIZE)]
+    for step in range(order.num_steps):
+        for r in range(WORLD_SIZE):
+            stripe = Stripe.of(MICRO * WORLD_SIZE, r, WORLD_SIZE)
+            needs[r] |= {int(s) for s in ds.assembler().shards_of(order.slots(step, stripe.lo, stripe.hi))}
+    others = set().union(*(needs[r] for r in range(WORLD_SIZE) if r != rank))
+    return [ds.data.manifest.shards[s].name for s in sorted(needs[rank] - others)]
+
+
+@pytest.mark.slow
+def test_one_ranks_fatal_data_error_ends_every_rank_of_a_torchrun_job(tmp_path):
+    """Audit §5.3: a shard only rank 2 reads is gone (the server answers 404); rank 2 raises
+    FastdataDownloadError naming it, every other rank exits non-zero soon after, blocked as
+    they are in the training loop's all_reduce; the job ends before the test's deadline."""
+    served = tmp_path / "served"
+    data = packed_dataset(str(served), docs=1200, shard_size=4096)
+    missing = shards_only_rank_reads(data, 2)
+    assert missing, "no shard is read by rank 2 alone"
+    os.remove(os.path.join(data, missing[0]))
+    with RangeServer(str(served)) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        proxies = [TimedProxy(port).start() for _ in range(NODES)]
+        try:
+            urls = [f"http://127.0.0.1:{p.port}/ds" for p in proxies]
+            job = _jobs.Job(RANK_WORKER, tmp_path / "job", NODES, PER_NODE, torchrun=True, urls=urls,
+                            seq_len=SEQ_LEN, seed=SEED, window=WINDOW, partitions=WORLD_SIZE, micro=MICRO,
+                            collective_timeout=300)
+            deadline = time.monotonic() + 100  # the job's own deadline: it must never fire
+            ended: dict[int, float] = {}
+            while len(ended) < NODES and time.monotonic() < deadline:
+                for n, p in enumerate(job.procs):
+                    if n not in ended and p.poll() is not None:
+                        ended[n] = time.monotonic()
+                time.sleep(0.05)
+            logs = job.logs()
+            job.kill()
+            gets = [r.t for r in proxies[1].requests if r.path.split("?")[0].endswith("/" + missing[0])]
+        finally:
+            for p in proxies:
+                p.stop()
+    assert len(ended) == NODES, f"the job was still running at its deadline:\n{logs}"
+    assert all(p.returncode != 0 for p in job.procs), logs
+    results = [json.loads((job.dir / f"result-{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    kind, message = results[2]["error"]
+    assert kind == "FastdataDownloadError", results[2]
+    assert missing[0] in message and f"127.0.0.1:{proxies[1].port}" in message
+    assert "not retried" in message and "FileNotFoundError" in message  # attempts: 1 (a 404), last error
+    assert not [r for r in proxies[0].requests if r.path.endswith("/" + missing[0])]  # node 0 never asked
+    policy = RetryPolicy()
+    budget = policy.attempts * (AZURE_TIMEOUTS["read_timeout"] + policy.max_backoff) + 10
+    assert gets and results[2]["t_end"] - gets[0] < budget
+    for r in (0, 1, 3):
+        assert results[r]["error"] is not None, results[r]  # ended by an error, not by finishing
+        assert results[r]["t_end"] - results[2]["t_end"] < OTHERS_WITHIN, (r, results[r], logs)
+    assert max(ended.values()) - results[2]["t_end"] < OTHERS_WITHIN + 5, ended
