@@ -159,3 +159,36 @@ def test_one_ranks_fatal_data_error_ends_every_rank_of_a_torchrun_job(tmp_path):
         assert results[r]["error"] is not None, results[r]  # ended by an error, not by finishing
         assert results[r]["t_end"] - results[2]["t_end"] < OTHERS_WITHIN, (r, results[r], logs)
     assert max(ended.values()) - results[2]["t_end"] < OTHERS_WITHIN + 5, ended
+
+
+STALLED_CHILD = """
+import sys, time, fastdata
+url, cache = sys.argv[1:3]
+ds = fastdata.TokenDataset(url, seq_len=31, batch_size=2, storage_options={"allow_insecure": True},
+                           cache_dir=cache)
+loader = fastdata.DataLoader(ds, batch_size=2, backend="processes", num_workers=2, timeout=2)
+t0 = time.monotonic()
+try:
+    next(iter(loader))
+    print("got a batch: the stall did not happen")
+except fastdata.FastdataWorkerError as error:
+    print(f"{time.monotonic() - t0:.2f}", error)
+"""
+
+
+def test_worker_stuck_on_a_stalled_download_ends_within_timeout(tmp_path):
+    """Stuck, not stopped: both workers sleep on a download the server stopped sending (the
+    storage's own read timeout is 30 s); with timeout=2 the loop raises naming worker 0."""
+    packed_dataset(str(tmp_path), docs=300, shard_size=16384)
+    with RangeServer(str(tmp_path)) as server:
+        proxy = FaultProxy(int(server.url.rsplit(":", 1)[1])).start()
+        proxy.faults.stall_after = 4000  # the manifest gets through, every shard download hangs
+        try:
+            proc = subprocess.run([sys.executable, "-P", "-c", STALLED_CHILD, f"http://127.0.0.1:{proxy.port}/ds",
+                                   str(tmp_path / "cache")], capture_output=True, text=True, timeout=60)
+        finally:
+            proxy.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    took, message = proc.stdout.split(" ", 1)
+    assert "worker 0 (pid " in message and "timeout=2 s" in message, message
+    assert float(took) < 2 + REPORT_WITHIN + 1, took

@@ -76,6 +76,15 @@ class Watchdog:
         with self._lock:
             self._waiting = False
 
+    def end_rest(self) -> None:
+        """Terminate the workers left: torch would give each 5 s to finish a stuck fetch."""
+        for w in getattr(self._iterator, "_workers", ()):
+            try:
+                if w.is_alive():
+                    w.terminate()
+            except (OSError, ValueError, AssertionError):  # already reaped or closed
+                pass
+
     def close(self) -> None:
         self._closed.set()
         if self._thread is not threading.current_thread():
@@ -158,11 +167,13 @@ def watched(iterator: Any, timeout: float) -> Any:
                 return
             except Exception as error:
                 if watch.fired is not None:
+                    watch.end_rest()
                     raise FastdataWorkerError(watch.fired) from error
                 raise
             finally:
                 watch.arrived()
             if watch.fired is not None:
+                watch.end_rest()
                 raise FastdataWorkerError(watch.fired)
             yield item
     finally:
