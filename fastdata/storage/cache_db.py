@@ -40,6 +40,7 @@ ENTRY = struct.Struct(">QdQ")  # size, next_use, last-use tick
 U64 = struct.Struct(">Q")
 MAX_NAME = 200  # bytes, leaving room for the temp-name decoration within NAME_MAX
 MAP_SIZE = 1 << 30
+REBUILD = b"rebuild"  #: meta key: the records were lost; reconcile adopts the directory and clears it
 
 gate = threading.Lock()
 # (st_dev, st_ino) of the LMDB dir -> [env, tables, users, fd of its transaction lock file]
@@ -76,13 +77,14 @@ def entry_key(namespace: str, name: str) -> bytes:
     return component("namespace", namespace) + b"\0" + component("name", name)
 
 
-def attach(root: str, root_fd: int, db_dir: str, key: tuple[int, int]) -> bool:
-    """Share (or open) this process's environment of ``root/db_dir``; True when its records
-    were found damaged and it starts empty (the caller rebuilds them from the directory)."""
+def attach(root: str, root_fd: int, db_dir: str, key: tuple[int, int]) -> None:
+    """Share (or open) this process's environment of ``root/db_dir``. When its records were
+    found damaged it starts empty with the ``REBUILD`` mark set in ``meta``: the first
+    reconcile of any process adopts the directory's files and clears it."""
     with gate:
         if key in _envs:
             _envs[key][2] += 1
-            return False
+            return
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         lock_fd = os.open(os.path.join(db_dir, TXN_LOCK), flags, 0o600, dir_fd=root_fd)
         try:
@@ -92,6 +94,8 @@ def attach(root: str, root_fd: int, db_dir: str, key: tuple[int, int]) -> bool:
                 try:
                     with env.begin(write=True) as txn:
                         tables = {n: env.open_db(n.encode(), txn=txn) for n in TABLES}
+                        if rebuilt:  # in the store itself: whichever process reconciles first adopts
+                            txn.put(REBUILD, b"1", db=tables["meta"])
                 except lmdb.Error as e:
                     where = env.path()
                     env.close()
@@ -104,7 +108,6 @@ def attach(root: str, root_fd: int, db_dir: str, key: tuple[int, int]) -> bool:
             os.close(lock_fd)
             raise
         _envs[key] = [env, tables, 1, lock_fd]
-        return rebuilt
 
 
 def _open(root: str, root_fd: int, db_dir: str) -> tuple[lmdb.Environment, bool]:
