@@ -130,8 +130,8 @@ class ShardFiles:
         (those count what the reader found when it needed the shard).
         """
         info = self.manifest.shards[index]
-        if self.in_place:
-            return self.store.path(info.name), _nothing
+        if self.in_place:  # the user's own files: their symlinks are followed here, once
+            return os.path.realpath(self.store.path(info.name)), _nothing
         raw_name = info.name.removesuffix(".zst")
         if self._cache is None:
             for _ in range(2):

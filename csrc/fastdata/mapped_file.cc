@@ -30,7 +30,9 @@ class FdGuard {
 
 int open_read_only(const std::string& path) {
   for (;;) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NOFOLLOW: a cache entry replaced by a symlink is refused, never read through (the
+    // Python layer resolves a user's own symlinked dataset files before they get here).
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd >= 0) return fd;
     if (errno != EINTR) throw IoError(path, "open", errno);
   }

@@ -88,8 +88,8 @@ class MegatronFiles:
 
         ``ahead`` marks a prefetch (counted as ``prefetch.*``, not as a cache hit or miss).
         """
-        if self.in_place:
-            return self.store.path(self.bin_name), _nothing
+        if self.in_place:  # the user's own file: a symlink is followed here (the reader never does)
+            return os.path.realpath(self.store.path(self.bin_name)), _nothing
         name = self.names[index]
         if self._cache is None:
             path, filled = self._plain(index, name)
