@@ -89,13 +89,18 @@ OTHERS_WITHIN = 15.0
 
 
 class TimedProxy(FaultProxy):
-    """A FaultProxy whose request log also says when each request went upstream."""
+    """A FaultProxy whose request log also says when each request went upstream; a request for
+    ``cut`` (a file name) never reaches the server: its connection is closed instead."""
+
+    cut: str | None = None
 
     def _log_requests(self, buffer, conn, skip):
         before = len(self.counters.requests)
         super()._log_requests(buffer, conn, skip)
         for request in self.counters.requests[before:]:
             request.t = time.monotonic()
+            if self.cut is not None and request.path.split("?")[0].endswith("/" + self.cut):
+                raise ConnectionResetError("fault: every connection for this shard is cut")
 
 
 def shards_only_rank_reads(path: str, rank: int) -> list[str]:
@@ -114,18 +119,23 @@ def shards_only_rank_reads(path: str, rank: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_one_ranks_fatal_data_error_ends_every_rank_of_a_torchrun_job(tmp_path):
-    """Audit §5.3: a shard only rank 2 reads is gone (the server answers 404); rank 2 raises
+@pytest.mark.parametrize("fault", ["404", "cut"])
+def test_one_ranks_fatal_data_error_ends_every_rank_of_a_torchrun_job(tmp_path, fault):
+    """Audit §5.3, ACCEPTANCE D2: a shard only rank 2 reads is gone (the server answers 404),
+    or every connection asking node 1's proxy for it is cut; rank 2 raises
     FastdataDownloadError naming it, every other rank exits non-zero soon after, blocked as
     they are in the training loop's all_reduce; the job ends before the test's deadline."""
     served = tmp_path / "served"
     data = packed_dataset(str(served), docs=1200, shard_size=4096)
     missing = shards_only_rank_reads(data, 2)
     assert missing, "no shard is read by rank 2 alone"
-    os.remove(os.path.join(data, missing[0]))
+    if fault == "404":
+        os.remove(os.path.join(data, missing[0]))
     with RangeServer(str(served)) as server:
         port = int(server.url.rsplit(":", 1)[1])
         proxies = [TimedProxy(port).start() for _ in range(NODES)]
+        if fault == "cut":
+            proxies[1].cut = missing[0]
         try:
             urls = [f"http://127.0.0.1:{p.port}/ds" for p in proxies]
             job = _jobs.Job(RANK_WORKER, tmp_path / "job", NODES, PER_NODE, torchrun=True, urls=urls,
@@ -150,7 +160,9 @@ def test_one_ranks_fatal_data_error_ends_every_rank_of_a_torchrun_job(tmp_path):
     kind, message = results[2]["error"]
     assert kind == "FastdataDownloadError", results[2]
     assert missing[0] in message and f"127.0.0.1:{proxies[1].port}" in message
-    assert "not retried" in message and "FileNotFoundError" in message  # attempts: 1 (a 404), last error
+    attempts, last = ("not retried", "FileNotFoundError") if fault == "404" else (
+        f"after {RetryPolicy().attempts} attempts", "ServerDisconnectedError")
+    assert attempts in message and last in message, message  # the attempts and the last error
     assert not [r for r in proxies[0].requests if r.path.endswith("/" + missing[0])]  # node 0 never asked
     policy = RetryPolicy()
     budget = policy.attempts * (AZURE_TIMEOUTS["read_timeout"] + policy.max_backoff) + 10
