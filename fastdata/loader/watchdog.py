@@ -121,10 +121,7 @@ class Watchdog:
                 if self._stopped >= self.stopped_after:
                     self._fire(stopped, f"it has been stopped (SIGSTOP) for {self._stopped:.0f} s")
                 elif self.timeout and self._waited >= self.timeout:
-                    if awaited is None:  # nothing says which: end them all
-                        self._fire(candidates, "")
-                    else:
-                        self._fire([awaited], "")
+                    self._fire(candidates, "")  # not knowing which one it waits on: all of them
 
     def _fire(self, workers: list[tuple[int, Any]], why: str) -> None:
         names = ", ".join(f"{i} (pid {w.pid})" for i, w in workers)
