@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import signal
 import stat
 import struct
@@ -26,6 +25,7 @@ from pathlib import Path
 import lmdb
 import pytest
 from _cache_worker import content, tree_bytes
+from _sandbox import pid_namespaces_work, tmpfs_works
 
 import fastdata.storage.cache as cache_mod
 from fastdata.errors import FastdataCacheError, FastdataConfigError, FastdataIntegrityError
@@ -762,19 +762,11 @@ def test_reserved_bytes_count_against_the_limit(tmp_path, workers):
     cache.close()
 
 
-def _unshare_works(where: Path) -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=1m none {where}"],
-                           capture_output=True, timeout=10)
-    return probe.returncode == 0
-
-
 @pytest.mark.timeout(40)
 def test_f1_disk_full_names_root_needed_and_free_bytes(tmp_path, workers):
     disk = tmp_path / "disk"
     disk.mkdir()
-    if not _unshare_works(disk):
+    if not tmpfs_works(disk):
         pytest.skip("unprivileged user namespaces with tmpfs mounts are not available")
     root, size = disk / "cache", 4 << 20
     mount = f"mount -t tmpfs -o size=8m none {shlex.quote(str(disk))} && exec"
@@ -793,20 +785,12 @@ def test_f1_disk_full_names_root_needed_and_free_bytes(tmp_path, workers):
     assert res["usage"] == size
 
 
-def _pid_namespaces_work(tmp_path: Path) -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-Urpf", "--mount-proc", "sh", "-c", "echo $$"], capture_output=True,
-                           text=True, timeout=20)
-    return probe.returncode == 0 and probe.stdout.strip() == "1"
-
-
 @pytest.mark.timeout(60)
 def test_containers_in_separate_pid_namespaces_keep_each_others_fills_and_pins(tmp_path, workers):
     """Audit §5.1: three processes, each in its own PID namespace (as pods or containers sharing
     a node's cache directory are), all pid 1. B and C see A's in-flight temp file and pin as
     live: nothing of A's is deleted or evicted, and the accounting matches the disk."""
-    if not _pid_namespaces_work(tmp_path):
+    if not pid_namespaces_work():
         pytest.skip("unshare -Urpf --mount-proc is not available here")
     root, size = tmp_path / "root", 256 << 10
     own_ns = ["unshare", "-Urpf", "--mount-proc", "sh", "-c", "exec"]

@@ -20,6 +20,7 @@ import pytest
 import xxhash
 from _corpus import make_docs, write_jsonl
 from _rangeserver import RangeServer
+from _sandbox import tmpfs_works
 
 import fastdata
 from fastdata import _testing
@@ -118,18 +119,10 @@ def test_decompression_into_a_plain_cache_dir(zstd_dataset, tmp_path, enospc):
     assert published_are_intact(cache, shards) == 1
 
 
-def _tmpfs_works(where: Path) -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-Urm", "sh", "-c", f"mount -t tmpfs -o size=1m none {where}"],
-                           capture_output=True, timeout=10)
-    return probe.returncode == 0
-
-
 def test_lmdb_bookkeeping_on_a_full_disk_is_a_named_error(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    if not _tmpfs_works(disk):
+    if not tmpfs_works(disk):
         pytest.skip("unprivileged user namespaces with tmpfs mounts are not available")
     code = ("import sys\nfrom fastdata.storage.cache import NodeCache\n"
             "try:\n    NodeCache(sys.argv[1], '1MB')\nexcept Exception as e:\n"

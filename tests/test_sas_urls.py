@@ -4,14 +4,13 @@ pickle."""
 
 from __future__ import annotations
 
-import datetime
 import logging
 import pickle
 
 import numpy as np
 import pytest
 from _loader import packed_dataset
-from conftest import DEV_KEY
+from _sas import publish_with_sas
 
 import fastdata
 
@@ -26,19 +25,7 @@ def local(tmp_path_factory):
 
 @pytest.fixture
 def published(azurite, container, local):
-    """The dataset uploaded to a private container, and a read/list SAS for it."""
-    import fsspec
-    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-
-    fs = fsspec.filesystem("az", connection_string=azurite["conn"], skip_instance_cache=True)
-    fs.put(local, f"{container}/ds", recursive=True)
-    sas = generate_container_sas(
-        "devstoreaccount1", container, account_key=DEV_KEY,
-        permission=ContainerSasPermissions(read=True, list=True),
-        expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
-    sig = [p for p in sas.split("&") if p.startswith("sig=")][0].split("=", 1)[1]
-    return {"sas": sas, "sig": sig, "container": container,
-            "endpoint": f"http://127.0.0.1:{azurite['port']}/devstoreaccount1"}
+    return publish_with_sas(azurite, container, local)
 
 
 def batches(source: str, **options) -> tuple[list[np.ndarray], fastdata.TokenDataset]:

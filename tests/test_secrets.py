@@ -5,7 +5,6 @@ object. Real Azurite (blob endpoint over HTTP) and the real TCP fault proxy."""
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import subprocess
@@ -15,7 +14,7 @@ import traceback
 import pytest
 from _faultproxy import FaultProxy
 from _loader import packed_dataset
-from conftest import DEV_KEY
+from _sas import publish_with_sas
 
 import fastdata
 
@@ -30,18 +29,9 @@ def local(tmp_path_factory):
 
 @pytest.fixture
 def published(azurite, container, local):
-    import fsspec
-    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-
-    fs = fsspec.filesystem("az", connection_string=azurite["conn"], skip_instance_cache=True)
-    fs.put(local, f"{container}/ds", recursive=True)
-    sas = generate_container_sas(
-        "devstoreaccount1", container, account_key=DEV_KEY,
-        permission=ContainerSasPermissions(read=True, list=True),
-        expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
-    # the real signature is a secret as well; the canary rides along as an extra parameter
-    return {"container": container, "sas": f"{sas}&canary={CANARY}", "fs": fs,
-            "sig": [p for p in sas.split("&") if p.startswith("sig=")][0][4:], "port": azurite["port"]}
+    out = publish_with_sas(azurite, container, local)
+    out["sas"] += f"&canary={CANARY}"  # the real signature is a secret too; the canary rides along
+    return out
 
 
 def secrets_of(published: dict) -> list[str]:
