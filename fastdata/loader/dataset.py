@@ -389,10 +389,10 @@ def _check_cache_limit(datasets: Sequence[Dataset], limit: int, world: World, pe
     pin at once; sets each dataset's open-shard limit to ``per_rank``. Returns the largest shard."""
     largest = max((int(d.shards.column("raw_bytes").max()) for d in datasets if len(d.shards)), default=0)
     concurrent = world.ranks_per_node * processes * per_rank + 1
-        who = f"{world.ranks_per_node} rank(s)"
-        who += f" x {processes} worker processes" if processes > 1 else ""
     minimum = largest * concurrent
     if limit < minimum:
+        who = f"{world.ranks_per_node} rank(s)"
+        who += f" x {processes} worker processes" if processes > 1 else ""
         raise FastdataConfigError(
             f"cache_limit {limit} bytes is too small: {who} on this node keep up "
             f"to {per_rank} shards of up to {largest} bytes each, plus one in flight; use at "
