@@ -1,6 +1,7 @@
 """A child for tests/test_hangs.py: iterate a fastdata.DataLoader on worker processes, SIGSTOP
-one worker after the first batch (``stop``) or not (``resume``), and print one JSON line: the
-digest of every batch received, the last state_dict(), the error and when it came."""
+one worker after the first batch (``stop``), or not (``resume``; ``whole`` says ``started``
+after the first batch, for the test to stop the whole process group), and print one JSON
+line: the digest of every batch received, the last state_dict(), the error and when it came."""
 
 from __future__ import annotations
 
@@ -27,13 +28,15 @@ def main() -> None:
     if state:
         loader.load_state_dict(state)
     out: dict = {"digests": [], "error": None}
-    stopped = None
+    stopped, t0 = None, time.monotonic()
     it = iter(loader)
     try:
         for batch in it:
             out["digests"].append(hashlib.sha256(batch["input_ids"].numpy().tobytes()
                                                   + batch["labels"].numpy().tobytes()).hexdigest())
             out["state"] = loader.state_dict()
+            if mode == "whole" and len(out["digests"]) == 1:
+                print("started", flush=True)  # noqa: T201 - the test stops us all now
             if mode == "stop" and stopped is None:
                 stopped = sorted(p.pid for p in multiprocessing.active_children())[1]
                 os.kill(stopped, signal.SIGSTOP)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -71,6 +72,27 @@ def test_stuck_worker_ends_within_timeout_whatever_the_sharing_strategy(path, st
     out = child(path, "stop", strategy, timeout="2")
     check_named(out, 2 + REPORT_WITHIN + 2)
     assert "timeout=2 s" in out["error"][1]
+
+
+def test_a_job_suspended_as_a_whole_does_not_fail_on_resume(path):
+    """Ctrl-Z: the training process and its workers are stopped for longer than the timeout
+    (and than STOPPED_AFTER); once continued, the epoch goes on and ends exactly."""
+    proc = subprocess.Popen([sys.executable, "-P", str(CHILD), path, "whole", "file_descriptor", "2", ""],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "started", proc.stderr.read()
+        os.killpg(proc.pid, signal.SIGSTOP)
+        time.sleep(STOPPED_AFTER + 1)
+        os.killpg(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["error"] is None, result["error"]
+    assert result["digests"] == reference(path)
 
 
 def test_timeout_must_not_be_negative(path):
