@@ -26,6 +26,7 @@ from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.format.reader import permute
 from fastdata.loader.batch import BatchAssembler, SampleConfig
 from fastdata.loader.blend import BlendAssembler
+from fastdata.loader.epoch_share import StartShare, starts_from_main
 from fastdata.loader.mixture import Schedule
 from fastdata.loader.sources import Source, as_sources, mixture_of, open_source
 from fastdata.loader.state import StreamState, check_identity, identity_of, parse_state
@@ -120,6 +121,7 @@ class TokenDataset(IterableDataset):
         self._orders: dict[tuple[int, int], EpochOrder | BlendOrder] = {}
         self._pending: StreamState | None = None
         self._position: tuple[int, int] = (0, 0)  # (epoch, next step) as yielded in-process
+        self._share = StartShare()  # reaches persistent DataLoader workers (loader/epoch_share.py)
 
     def __repr__(self) -> str:
         where = ", ".join(repr(d.store.display) for d in self.datasets)
@@ -288,23 +290,17 @@ class TokenDataset(IterableDataset):
     # ------------------------------------------------------------------ epochs and state
 
     def set_epoch(self, epoch: int) -> None:
-        """Start the next iteration at ``epoch`` (as with DistributedSampler).
-
-        With a stock ``torch.utils.data.DataLoader`` and worker processes, call it before every
-        epoch: the workers iterate copies of the dataset, so the epoch (and a loaded state,
-        which holds until ``set_epoch``) cannot move on by themselves.
-        """
+        """Start the next iteration at ``epoch`` (as with DistributedSampler); with a stock
+        DataLoader call it before every epoch: it reaches (persistent) workers at ``iter()``."""
         if epoch < 0:
             raise FastdataConfigError(f"epoch must be >= 0, got {epoch}")
+        self._share.set_epoch(self, epoch)
         self._pending = None
         self._position = (epoch, 0)
 
     def state_dict(self) -> dict[str, Any]:
-        """Position of this dataset's own iteration (exact with ``num_workers=0``).
-
-        Inside a DataLoader worker (torchdata's StatefulDataLoader asks each worker) the
-        state describes that worker's lane.
-        """
+        """Position of this dataset's own iteration (exact with ``num_workers=0``); inside a
+        DataLoader worker (torchdata's StatefulDataLoader asks each one) that worker's lane."""
         if self._pending is not None:
             return self._pending.to_dict()
         world = self.resolved_world()
@@ -326,6 +322,7 @@ class TokenDataset(IterableDataset):
         if parsed.step > steps + (parsed.lane[1] if parsed.lane else 0):
             raise FastdataStateError(
                 f"state field 'step' is {parsed.step} but epoch {parsed.epoch} has only {steps} steps")
+        self._share.loaded(self, state)
         self._pending = parsed
 
     def mixture_at(self, epoch: int, step: int, world: World) -> Any:
@@ -358,6 +355,7 @@ class TokenDataset(IterableDataset):
 
     # ------------------------------------------------------------------ iteration
 
+    @starts_from_main
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker, num_workers = World.current_worker()
         world = self.resolved_world().with_worker(worker, num_workers)
