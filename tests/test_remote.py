@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 
 import fsspec
@@ -70,15 +71,31 @@ def test_d1_reset_mid_body_is_retried(proxy, blob, tmp_path, caplog):
 
 
 def test_d2_persistent_reset_ends_in_a_bounded_named_error(proxy, blob, tmp_path):
+    """Every connection reset mid-body: FastdataDownloadError naming the URL, the attempts and
+    the last underlying error, within the documented worst case attempts × (request timeout
+    + max_backoff) (RetryPolicy) plus 10 s, a bound well inside this test's timeout."""
     proxy.faults.reset_after = 64 << 10
+    timeout = 5  # per request (connect and read), so the bound is 4 × 5.2 + 10 = 30.8 s
+    store = store_via(proxy, read_timeout=timeout, connection_timeout=timeout)
+    bound = POLICY.attempts * (timeout + POLICY.max_backoff) + 10
+    assert bound < 120 / 2  # the test's own timeout can never be what ends it
+    retried: list[tuple[int, str]] = []
+    dest = tmp_path / "dest"
+    dest.write_bytes(b"")
     started = time.monotonic()
     with pytest.raises(fastdata.FastdataDownloadError) as err:
-        fetch(store_via(proxy), tmp_path, blob)
+        download(store, "blob.bin", str(dest), len(blob), xxhash.xxh3_128_hexdigest(blob), POLICY,
+                 on_retry=lambda attempt, e: retried.append((attempt, type(e).__name__)))
     elapsed = time.monotonic() - started
     msg = str(err.value)
-    assert "az://remote/blob.bin" in msg and "after 4 attempts" in msg
+    assert "az://remote/blob.bin" in msg and "(after 4 attempts)" in msg
     assert DEV_KEY[:16] not in msg
-    assert elapsed < POLICY.attempts * (30 + POLICY.max_backoff) + 10
+    assert elapsed < bound, f"{elapsed:.1f} s"
+    assert [a for a, _ in retried] == [1, 2, 3] and proxy.counters.faults >= 4
+    # the last attempt's own error, as the backend raised it: a body cut short by the reset
+    last = msg.split("(after 4 attempts): ", 1)[1]
+    assert last.startswith(f"{retried[-1][1]}: "), msg
+    assert re.search(r"received \d+ of \d+ bytes|ConnectionResetError|Connection reset", last), msg
 
 
 def test_d4_stalled_connection_times_out_and_recovers(proxy, blob, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pickle
@@ -62,10 +63,11 @@ def test_b1_cut_points(data):
         json.dumps(state)
         resumed = loader(data)
         resumed.load_state_dict(json.loads(json.dumps(state)))
-        after = finish(resumed, 0 if k < steps else 0)
-        if k == steps:  # a cut exactly at the end resumes at epoch 1, step 0
+        after = finish(resumed, 0)
+        if k == steps:  # a cut exactly at the end resumes at epoch 1, step 0: all of epoch 1
             assert state["epoch"] == 1 and state["step"] == 0
-            assert before + after == full[: len(before) + len(after)]
+            assert len(after) == steps * per, "the resumed epoch is empty or short (Mosaic #700)"
+            assert before + after == full
         else:
             assert before + after + ids_of(resumed) == full, k
         assert len(before) == k * per
@@ -101,12 +103,31 @@ def test_b1_resume_in_a_fresh_process(data, tmp_path):
 
 
 def test_b2_prefetched_batches_are_not_lost(data):
+    """Consume 3 batches, wait (a hook on the loader's batch making, no sleep) until at least 4
+    more are made and waiting in the look-ahead, take the state: the resumed stream starts at
+    batch 4 and holds each prefetched batch exactly once, in place."""
     full = uninterrupted(data, epochs=1, workers=2)
     dl = loader(data, workers=2)
     dl.prefetch = 4
+    made: dict[int, list[int]] = {}  # step -> ids of each batch the worker threads finished
+    ready = threading.Condition()
+    make = dl._make
+
+    def counted(order, stripe, steps):
+        batches, record = make(order, stripe, steps)
+        with ready:
+            made.update({s: b["sample_ids"].tolist() for s, b in zip(steps, batches)})
+            ready.notify_all()
+        return batches, record
+
+    dl._make = counted
     it = iter(dl)
     got = [int(i) for _ in range(3) for i in next(it)["sample_ids"]]
-    time.sleep(0.2)  # let the threads fill the look-ahead
+    with ready:  # the 4 batches after the 3 consumed ones are made and wait (threads finish in any order)
+        assert ready.wait_for(lambda: all(s in made for s in range(3, 7)), timeout=30), (
+            f"only steps {sorted(made)} were made: nothing waits in the look-ahead")
+        ahead = list(itertools.takewhile(lambda s: s in made, itertools.count(3)))
+        prefetched = [made[s] for s in ahead]
     state = dl.state_dict()
     assert state["step"] == 3  # counted at the training loop, not at the producers
     del it
@@ -114,7 +135,9 @@ def test_b2_prefetched_batches_are_not_lost(data):
     resumed.load_state_dict(state)
     rest = ids_of(resumed)
     assert got + rest == full
-    assert rest[: 4 * 4] == full[12:28]  # the prefetched batches come again, once
+    flat = [i for batch in prefetched for i in batch]
+    assert rest[: len(flat)] == flat  # the prefetched batches come next, in order
+    assert all(rest.count(i) == 1 for i in flat)  # and once
 
 
 @pytest.mark.parametrize(("save_workers", "load_workers", "backend"),
@@ -171,13 +194,26 @@ def test_b6_incompatible_state_is_rejected(data, tmp_path, field, change):
     order = fastdata.OrderOptions(partitions=2) if "order" in change else None
     target = loader(source, seed=kwargs["seed"], seq_len=kwargs["seq_len"], batch=kwargs["batch"],
                     order=order)
+    def same_settings():
+        return loader(source, seed=kwargs["seed"], seq_len=kwargs["seq_len"], batch=kwargs["batch"],
+                      order=order)
+
+    # the target already holds a state of its own (step 5): a failed load must leave it
+    # exactly as it was before the call (docs/loader.md), never restart at epoch 0
+    _, own = run_until(same_settings(), 5)
+    target.load_state_dict(own)
     with pytest.raises(fastdata.FastdataStateError) as err:
         target.load_state_dict(state)
+    saved, current = state["identity"][field], target.dataset.identity(target.world)[field]
+    assert saved != current
     assert f"'{field}'" in str(err.value)
-    assert str(state["identity"][field]) in str(err.value)
-    first = next(iter(target))["sample_ids"].tolist()  # never silently resumed elsewhere
-    assert first == next(iter(loader(source, seed=kwargs["seed"], seq_len=kwargs["seq_len"],
-                                     batch=kwargs["batch"], order=order)))["sample_ids"].tolist()
+    assert f"is {saved!r} but this stream has {current!r}" in str(err.value)  # both values
+    assert target.state_dict() == own
+    reference = same_settings()
+    reference.load_state_dict(own)
+    first = next(iter(target))["sample_ids"].tolist()
+    assert first == next(iter(reference))["sample_ids"].tolist()
+    assert first != next(iter(same_settings()))["sample_ids"].tolist(), "restarted at epoch 0"
 
 
 def test_b6_malformed_states(data):
