@@ -157,3 +157,62 @@ def test_stateful_dataloader_with_persistent_workers(data):
     dl = stateful(again)
     dl.load_state_dict(saved_1)
     assert ids(dl) == want[1][6:]
+
+
+def test_a_blend_loaded_under_new_weights_reanchors_the_workers(tmp_path_factory):
+    """A blend's state loaded under other weights (allow_mixture_change) after the first
+    iter(): the persistent workers take the new anchor, this epoch and the next."""
+    root = tmp_path_factory.mktemp("blend")
+    web, code = (packed_dataset(str(root / n), docs=120, seed=s) for n, s in (("web", 1), ("code", 2)))
+
+    def blend(weights, **kw):
+        return fastdata.TokenDataset([fastdata.Source(web, weights[0]), fastdata.Source(code, weights[1])],
+                                     seq_len=SEQ, seed=SEED, batch_size=B, world=fastdata.World(), **kw)
+
+    saved = blend((3, 1))
+    it = iter(saved)
+    for _ in range(9):
+        next(it)
+    state = saved.state_dict()
+
+    def reference(epoch_after: bool) -> list[list[int]]:
+        ds = blend((1, 1), allow_mixture_change=True)
+        ds.load_state_dict(state)
+        if epoch_after:
+            ds.set_epoch(1)
+        return ids(ds)
+
+    ds = blend((1, 1), allow_mixture_change=True)
+    dl = loader(ds, True)
+    ds.set_epoch(0)
+    first = take(dl, 3)  # the workers are made before the load, without its anchor
+    assert first == ids(itertools.islice(iter(blend((1, 1))), 3))
+    ds.load_state_dict(state)
+    assert ids(dl) == reference(False)
+    ds.set_epoch(1)
+    assert ids(dl) == reference(True)
+
+
+def test_the_start_record_leaves_nothing_behind(data):
+    """Each dataset's record is one unlinked in-memory file: dropping datasets closes it
+    (no descriptor grows), nothing appears in /dev/shm, and an ordinary pickle carries none."""
+    import gc
+    import os
+    import pickle
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    gc.collect()
+    before = fds()
+    for _ in range(50):
+        ds = make(data, True)
+        ds.set_epoch(1)
+        copy = pickle.loads(pickle.dumps(ds))  # its own record, not this one's descriptor
+        assert copy._share._fd != ds._share._fd
+        del ds, copy
+    gc.collect()
+    assert fds() <= before + 2
+    if shm:
+        assert not {n for n in set(os.listdir("/dev/shm")) - shm if "fastdata-epoch" in n}
