@@ -28,6 +28,7 @@ import json
 import os
 import struct
 import tempfile
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from multiprocessing import context, reduction
@@ -134,9 +135,10 @@ class StartShare:
         return _HEADER.unpack(os.pread(self._fd, _HEADER.size, 0).ljust(_HEADER.size, b"\0"))
 
     def _read(self) -> tuple[int, dict[str, Any] | None]:
-        for _ in range(1000):
+        for _ in range(2000):  # a writer between its two header writes: about 1 s at most
             gen, size = self._header()
             if gen % 2:
+                time.sleep(0.0005)
                 continue
             payload = os.pread(self._fd, size, _HEADER.size)
             if self._header()[0] == gen:
