@@ -36,7 +36,9 @@ def main(config: str) -> int:
     ds = fastdata.TokenDataset(cfg["paths"][rank], seq_len=31, batch_size=2, seed=cfg["seeds"][rank])
     if rank == 0:
         open(os.path.join(out, "opened-0"), "w").close()
-    loader = fastdata.DataLoader(ds, batch_size=2, backend=cfg["backend"], num_workers=1)
+    # "in-process": the TokenDataset iterated directly (or by a stock DataLoader without workers)
+    loader = ds if cfg["backend"] == "in-process" else fastdata.DataLoader(
+        ds, batch_size=2, backend=cfg["backend"], num_workers=1)
     world = ds.resolved_world()
     result: dict = {"fingerprint": ds.identity(world)["dataset"], "error": None, "batch": False}
     t0 = time.perf_counter()

@@ -62,7 +62,7 @@ def check_refused(results: list[dict], first: str, second: str) -> None:
         assert r["error"] is not None and first in r["error"] and second in r["error"], r["error"]
 
 
-@pytest.mark.parametrize("backend", ["threads", "processes"])
+@pytest.mark.parametrize("backend", ["threads", "processes", "in-process"])
 def test_ranks_given_different_datasets_both_refuse_naming_both_fingerprints(tmp_path, versions, backend):
     results = run_job(tmp_path, versions, backend=backend)
     check_refused(results, fingerprint(versions[0]), fingerprint(versions[1]))

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastdata.doctor.report import FAIL, PASS, SKIP, WARN, Check, DoctorOptions
 from fastdata.format.manifest import Manifest
-from fastdata.storage.cache import NodeCache
+from fastdata.loader import cache_fit
 from fastdata.storage.remote import is_local
 from fastdata.units import format_size
 
@@ -87,16 +87,15 @@ def _disk_usage(root: str) -> int:
 
 def _dataset_needs(options: DoctorOptions, manifest: Manifest, room: int, have: str) -> tuple[int, list[str]]:
     """The dataset's minimum cache_limit, and what is wrong with the given limit (or its absence)."""
-    from fastdata.loader.dataset import CACHED_OPEN_SHARDS  # imports torch: only when needed
-
     raw = manifest.shards.column("raw_bytes")
     largest, ranks = int(raw.max()), options.ranks_per_node
-    minimum = NodeCache.minimum_limit(largest, ranks * CACHED_OPEN_SHARDS + 1)
+    minimum = cache_fit.minimum_limit(largest, ranks)  # the loader's own rule
     limit, problems = options.cache_limit, []
     if limit is not None and limit < minimum:
         problems.append(
             f"cache_limit {limit} bytes is below the minimum {minimum} bytes for this dataset ({ranks} "
-            f"rank(s) x {CACHED_OPEN_SHARDS} open shards + 1 in flight, of up to {largest} bytes each); "
+            f"rank(s) x {cache_fit.CACHED_OPEN_SHARDS} open shards + 1 in flight, of up to {largest} bytes "
+            "each); "
             f"use at least {minimum} bytes")
     in_place = is_local(str(options.url)) and manifest.compression is None  # read where it lies
     total = int(raw.sum())

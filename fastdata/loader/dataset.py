@@ -24,9 +24,12 @@ from torch.utils.data import IterableDataset
 from fastdata.dataset import Dataset
 from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.format.reader import permute
+from fastdata.loader import cache_fit
 from fastdata.loader.batch import BatchAssembler, SampleConfig
 from fastdata.loader.blend import BlendAssembler
+from fastdata.loader.cache_fit import CACHED_OPEN_SHARDS  # noqa: F401 - kept importable from here
 from fastdata.loader.epoch_share import StartShare, starts_from_main
+from fastdata.loader.job_check import check_job
 from fastdata.loader.mixture import Schedule
 from fastdata.loader.sources import Source, as_sources, mixture_of, open_source
 from fastdata.loader.state import StreamState, check_identity, identity_of, parse_state
@@ -223,30 +226,24 @@ class TokenDataset(IterableDataset):
         return out
 
     def fit_cache(self, processes: int = 1) -> None:
-        """With a node cache: decide how many shards each process keeps mapped (and pinned),
-        refuse a limit that cannot work (naming the minimum), and cap the prefetch look-ahead
-        at the room left. ``fastdata.DataLoader`` calls it again when it sets ``batch_size``.
-
-        The order reads, per rank, a few partitions at a time, each within a shuffle block of
-        shards (``working_set``). When the limit holds that many shards per rank they all stay
-        pinned and each is opened once per block. The minimum is ``CACHED_OPEN_SHARDS`` per
-        rank: correct, but shards are then opened again and again (and with a very tight cache
-        fetched again), so a warning names the limit that would hold the working set."""
+        """With a node cache: how many shards each process keeps mapped (and pinned), the
+        refusal of a limit that cannot work, and the prefetch room (``loader/cache_fit.py``).
+        ``fastdata.DataLoader`` calls it again when it sets ``batch_size`` (with its worker
+        processes), and the order's working set follows the micro-batch."""
         if self._cache_limit is None:
             return
         world, limit = self._cache_world, self._cache_limit
-        ranks = world.ranks_per_node * processes  # processes of the node that pin shards
-        working = max(CACHED_OPEN_SHARDS, self.working_set(world))
         largest = max((int(d.shards.column("raw_bytes").max()) for d in self.datasets if len(d.shards)),
                       default=0)
-        per_rank = working if limit >= largest * (ranks * working + 1) else CACHED_OPEN_SHARDS
-        self._tight = per_rank < working
-        _check_cache_limit(self.datasets, limit, world, per_rank, processes)
-        if per_rank < working and self.fetches:
-            log.warning("cache_limit %d bytes holds less than the %d shards per rank this order reads at "
+        fitted = cache_fit.fit(limit, largest, world.ranks_per_node, self.working_set(world), processes)
+        for d in self.datasets:
+            d.max_open_shards = fitted.per_process
+        self._tight = fitted.tight
+        if fitted.tight and self.fetches:
+            log.warning("cache_limit %d bytes holds less than the shards per process this order reads at "
                         "once: shards will be opened repeatedly and may be fetched again; %d bytes or more "
-                        "keeps them", limit, working, largest * (ranks * working + 1))
-        self.prefetch_cap = max(1, (limit - largest * ranks * per_rank) // ranks)
+                        "keeps them", limit, fitted.advised)
+        self.prefetch_cap = fitted.prefetch_room
 
     def working_set(self, world: World) -> int:
         """Shards one rank reads from at once: the partitions its micro-batch draws from, each
@@ -359,6 +356,7 @@ class TokenDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker, num_workers = World.current_worker()
         world = self.resolved_world().with_worker(worker, num_workers)
+        check_job(self, world)  # in the training process: every rank reads the same dataset
         epoch, start, own_lane = self.take_start(world)
         order = self.epoch_order(epoch, world)
         stripe = Stripe.of(order.config.global_batch, world.rank, world.world_size, worker, num_workers)
@@ -375,26 +373,3 @@ class TokenDataset(IterableDataset):
                 yield item
         first_next = worker if num_workers > 1 else 0
         self._position = (epoch + 1, first_next)
-
-
-#: Shards a process keeps mapped (and so pinned in a node cache) at once.
-CACHED_OPEN_SHARDS = 4
-
-
-def _check_cache_limit(datasets: Sequence[Dataset], limit: int, world: World, per_rank: int,
-                       processes: int = 1) -> int:
-    """Refuse up front a node cache too small for what the node's ranks (and worker processes)
-    pin at once; sets each dataset's open-shard limit to ``per_rank``. Returns the largest shard."""
-    largest = max((int(d.shards.column("raw_bytes").max()) for d in datasets if len(d.shards)), default=0)
-    concurrent = world.ranks_per_node * processes * per_rank + 1
-    minimum = largest * concurrent
-    if limit < minimum:
-        who = f"{world.ranks_per_node} rank(s)"
-        who += f" x {processes} worker processes" if processes > 1 else ""
-        raise FastdataConfigError(
-            f"cache_limit {limit} bytes is too small: {who} on this node keep up "
-            f"to {per_rank} shards of up to {largest} bytes each, plus one in flight; use at "
-            f"least {minimum} bytes")
-    for d in datasets:
-        d.max_open_shards = per_rank
-    return largest
