@@ -138,12 +138,15 @@ class ShardFiles:
                 path, filled = self._plain(info, raw_name)
                 if filled:
                     self._mark_checked(index)
-                if filled or self._verified(index, info, path):
+                verdict = filled or self._verified(index, info, path)
+                if verdict:
                     count_use(filled, ahead)
                     return path, _nothing
-                drop(path)
+                if verdict is False:
+                    drop(path)
             raise FastdataIntegrityError(f"{self.store.describe(info.name)}: the cached copy stays damaged")
-        for _ in range(2):
+        damaged = 0
+        for _ in range(4):
             filled: list[bool] = []
 
             def fill(dest: str, info: ShardInfo = info, filled: list[bool] = filled) -> None:
@@ -153,19 +156,29 @@ class ShardFiles:
             handle = self._cache.acquire(self.namespace, raw_name, info.raw_bytes, fill, next_use=next_use)
             if filled:
                 self._mark_checked(index)
-            if filled or self._verified(index, info, handle.path):
+            verdict = True if filled else self._verified(index, info, handle.path)
+            if verdict:
                 count_use(bool(filled), ahead)
                 return handle.path, handle.release
             handle.release()
+            if verdict is None:
+                continue  # another process dropped the damaged copy under us: take the new one
             self._cache.invalidate(self.namespace, raw_name)
+            damaged += 1
+            if damaged == 2:
+                break
         raise FastdataIntegrityError(f"{self.store.describe(info.name)}: the cached copy stays damaged")
 
-    def _verified(self, index: int, info: ShardInfo, path: str) -> bool:
+    def _verified(self, index: int, info: ShardInfo, path: str) -> bool | None:
+        """Whether the cached file is intact (hashed once per process); None when it vanished
+        while being checked (another process found it damaged and dropped it)."""
         with self._lock:
             if index in self._checked:
                 return True
         try:
             check_file(path, info.raw_bytes, info.raw_xxh3_128, path)
+        except FileNotFoundError:
+            return None
         except FastdataIntegrityError as e:
             log.warning("dropping damaged cached shard %s: %s", path, e)
             return False
