@@ -12,6 +12,7 @@ Serves the files under a directory (GET and HEAD) with ``Range: bytes=a-b`` (206
   honest ``Content-Range``) of the range this many bytes further on;
 * ``throttle`` / ``retry_after`` — 503 with ``Retry-After`` for the first N requests;
 * ``replace_with`` — after the first ranged GET, the object's bytes become these (new ETag);
+* ``ignore_range`` — answer every GET with 200 and the whole object, whatever its ``Range``;
 * ``flaky`` — 404 for any GET of an object whose every byte was already served once (or
   ``flaky`` = N times): LitData's ``_FlakyRemoteDownloader``, a download more than expected is a bug.
 """
@@ -37,6 +38,7 @@ class ObjectFaults:
     retry_after: float = 2.0
     replace_with: bytes | None = None
     flaky: bool | int = False  #: True: one full serve; N: N full serves
+    ignore_range: bool = False
 
 
 @dataclass
@@ -170,7 +172,7 @@ class RangeServer:
         if faults.lie_bytes is not None:
             return 200, headers, data[:faults.lie_bytes]
         match = RANGE.match(req.headers.get("Range", "").strip())
-        if match is None:
+        if match is None or faults.ignore_range:
             if body:
                 obj.mark_served(0, size)
             return 200, headers, data

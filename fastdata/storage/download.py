@@ -112,14 +112,20 @@ def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy
     """
     ranges = [(s, min(s + policy.range_bytes, size)) for s in range(0, size, policy.range_bytes)]
 
+    whole: list[bool] = []  # the first range's answer was the whole object (Range ignored)
+
     def one(bounds: tuple[int, int], if_match: str | None = None, out: int = fd) -> str | None:
         start, end = bounds
         etag = None
         if store.conditional_reads:
-            data, etag = store.read_range_tagged(name, start, end, if_match)
+            data, etag = store.read_range_tagged(name, start, end, if_match,
+                                                 whole=size if start == 0 and end < size else None)
             if if_match is not None and etag is not None and etag != if_match:  # If-Match ignored
                 raise ObjectChangedError(f"{store.describe(name)} changed during the download "
                                          f"(ETag {if_match}, then {etag})")
+            if start == 0 and len(data) > end:  # one answer holds every range: check it all here
+                end = size
+                whole.append(True)
         else:
             data = store.read_range(name, start, end)
         if len(data) != end - start:
@@ -147,7 +153,9 @@ def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy
                 future.result()
 
     if store.conditional_reads:
-        parallel(ranges[1:], one(ranges[0]))
+        version = one(ranges[0])
+        if not whole:
+            parallel(ranges[1:], version)
         return
     before = store.etag(name)
     parallel(ranges)

@@ -212,10 +212,15 @@ class Store:
             return self.read_range_tagged(name, start, end)[0]
         return bytes(self._fs.cat_file(self.path(name), start=start, end=end))
 
-    def read_range_tagged(self, name: str, start: int, end: int,
-                          if_match: str | None = None) -> tuple[bytes, str | None]:
+    def read_range_tagged(self, name: str, start: int, end: int, if_match: str | None = None,
+                          whole: int | None = None) -> tuple[bytes, str | None]:
         """HTTP(S) only (``conditional_reads``): bytes ``[start, end)`` of ``name`` and the ETag
         of the version they came from, in one GET.
+
+        A server that ignores ``Range`` answers 200 with the whole object: only what is needed
+        is read off the socket (``end`` bytes), or, when the caller gives the object's size as
+        ``whole`` and asked from byte 0, the whole object (up to ``whole`` + 1 bytes) so that
+        one response serves every range (the returned bytes are then longer than the range).
 
         Raises:
             ObjectChangedError: ``if_match`` is not the object's ETag any more (412).
@@ -226,9 +231,10 @@ class Store:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if if_match is not None:
             headers["If-Match"] = if_match
-        status, got, body = self._http("GET", name, headers)
+        keep = whole + 1 if whole is not None and start == 0 else end
+        status, got, body = self._http("GET", name, headers, keep_if_whole=keep)
         if status == 200:  # the server ignored Range and sent the whole object
-            return body[start:end], got.get("ETag")
+            return (body if keep != end else body[start:end]), got.get("ETag")
         sent = got.get("Content-Range", "")
         if not sent.startswith(f"bytes {start}-{end - 1}/"):
             raise FastdataIntegrityError(
@@ -236,9 +242,10 @@ class Store:
                 f"Content-Range {sent!r} ({len(body)} bytes)")
         return body, got.get("ETag")
 
-    def _http(self, method: str, name: str,
-              headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
-        """One request through the fsspec HTTP filesystem's session: status, headers, body.
+    def _http(self, method: str, name: str, headers: Mapping[str, str],
+              keep_if_whole: int | None = None) -> tuple[int, Mapping[str, str], bytes]:
+        """One request through the fsspec HTTP filesystem's session: status, headers, body
+        (of a 200 answer, at most ``keep_if_whole`` bytes are read; the rest is never fetched).
 
         fsspec's own ``cat_file`` hides the status and headers that ranged reads must check
         (206, Content-Range, ETag), and its ``info`` turns a 503 into FileNotFoundError.
@@ -263,6 +270,13 @@ class Store:
                         f"{self.describe(name)} changed during the download (412 to If-Match "
                         f"{headers.get('If-Match')}; now {r.headers.get('ETag')})")
                 r.raise_for_status()
+                if r.status == 200 and keep_if_whole is not None:
+                    body = bytearray()
+                    while len(body) < keep_if_whole and (chunk := await r.content.read(
+                            min(1 << 20, keep_if_whole - len(body)))):
+                        body += chunk
+                    r.close()  # drop the connection instead of reading the rest of the object
+                    return r.status, r.headers.copy(), bytes(body)
                 return r.status, r.headers.copy(), await r.read()
 
         return fsspec.asyn.sync(fs.loop, request)

@@ -1,0 +1,48 @@
+"""A server that ignores ``Range`` (answers 200 with the whole object) is not read whole once
+per range (issue 12, untrusted numbers): bytes are counted at the TCP proxy in between."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import xxhash
+from _faultproxy import FaultProxy
+from _rangeserver import RangeServer
+
+from fastdata.storage.download import RetryPolicy, download
+from fastdata.storage.remote import Store
+
+pytestmark = pytest.mark.timeout(60)
+SIZE = 3 << 20
+POLICY = RetryPolicy(attempts=2, base_backoff=0.05, max_backoff=0.1, range_bytes=512 << 10, parallel=2)
+
+
+@pytest.fixture
+def served(tmp_path):
+    data = os.urandom(SIZE)
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "big.bin").write_bytes(data)
+    with RangeServer(str(tmp_path)) as server:
+        server.fault("/ds/big.bin").ignore_range = True
+        proxy = FaultProxy(int(server.url.rsplit(":", 1)[1])).start()
+        try:
+            yield server, proxy, data, Store(f"http://127.0.0.1:{proxy.port}/ds", {"allow_insecure": True})
+        finally:
+            proxy.stop()
+
+
+def test_a_multi_range_download_takes_the_whole_answer_once(served, tmp_path):
+    server, proxy, data, store = served
+    dest = tmp_path / "out.bin"
+    download(store, "big.bin", str(dest), SIZE, xxhash.xxh3_128_hexdigest(data), POLICY)
+    assert dest.read_bytes() == data
+    assert len(server.requests("GET", "/ds/big.bin")) == 1  # not one GET per 512 KiB range
+    assert proxy.counters.bytes_down < SIZE * 1.2  # the object crossed the wire once
+
+
+def test_a_short_range_reads_only_what_it_needs(served):
+    server, proxy, data, store = served
+    got, _ = store.read_range_tagged("big.bin", 0, 64 << 10)
+    assert got == data[: 64 << 10]
+    assert proxy.counters.bytes_down < SIZE // 2  # the rest of the 3 MiB answer was never read
