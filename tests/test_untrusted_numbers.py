@@ -79,3 +79,15 @@ def test_totals_that_would_overflow_are_refused(tmp_path):
     text, table = manifest.serialize(inline_limit=4)
     with pytest.raises(FastdataFormatError, match="'tokens' add up to"):
         parse_manifest(text, "m", read_table=lambda name: table)
+
+
+@pytest.mark.parametrize(("field", "value"), [("epoch", 1 << 22 | 1), ("epoch", 1 << 64), ("step", 1 << 63),
+                                              ("step", -1)])
+def test_state_integers_are_bounded(field, value):
+    from fastdata.errors import FastdataStateError
+    from fastdata.loader.state import parse_state
+
+    state = {"version": 1, "epoch": 0, "step": 0, "identity": {}}
+    state[field] = value
+    with pytest.raises(FastdataStateError, match=rf"state field '{field}' must be an integer from"):
+        parse_state(state)

@@ -69,11 +69,18 @@ class StreamState:
         return doc
 
 
+#: Bounds on a state's integers (a state is untrusted input): steps and offsets far above any
+#: real dataset, and an epoch low enough that ``epoch << 40`` sample ids stay below 2**63.
+MAX_STEP, MAX_EPOCH = 1 << 48, 1 << 22
+
+
 def _int(doc: Mapping[str, Any], key: str, minimum: int = 0, where: str = "") -> int:
     value = doc.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    maximum = MAX_EPOCH if key == "epoch" else MAX_STEP
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
         name = f"{where}.{key}" if where else key
-        raise FastdataStateError(f"state field {name!r} must be an integer >= {minimum}, got {value!r}")
+        raise FastdataStateError(f"state field {name!r} must be an integer from {minimum} to {maximum}, "
+                                 f"got {value!r}")
     return value
 
 
