@@ -116,3 +116,19 @@ def test_truncated_and_trailing_bytes(tmp_path):
     with pytest.raises(FastdataFormatError, match="bad magic"):
         decompress_shard(str(tmp_path / "m.fds.zst"), str(tmp_path / "o.fds"), raw.size)
     assert not (tmp_path / "o.fds").exists()
+
+
+def test_block_table_bomb_is_refused_before_allocating(tmp_path):
+    """A 1-byte block size with a 2^40-byte raw size would need a 16 TiB block table: refused
+    from the file's size, naming the field, before anything of that size is allocated."""
+    raw_size = 1 << 40
+    path = tmp_path / "bomb.fds.zst"
+    path.write_bytes(struct.pack("<8sH6xQQQ24x", ZSTD_MAGIC, 1, raw_size, 1, raw_size) + b"\0" * 64)
+    code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))\n"
+            "from fastdata.format.compression import decompress_shard\n"
+            "try:\n    decompress_shard(sys.argv[1], sys.argv[2], 1 << 40)\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-P", "-c", code, str(path), str(tmp_path / "out.fds")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("FastdataFormatError"), out.stdout + out.stderr
+    assert "field num_blocks at byte 32" in out.stdout and "past the end of the file" in out.stdout

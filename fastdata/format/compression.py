@@ -10,6 +10,7 @@ produces more than its recorded raw size, the total never exceeds the manifest's
 from __future__ import annotations
 
 import io
+import os
 import struct
 from typing import BinaryIO
 
@@ -119,6 +120,12 @@ def decompress_shard(src_path: str, dst_path: str, raw_size: int, *, atomic: boo
     with open(src_path, "rb") as f, target as out:
         header = _read_exact(f, ZSTD_HEADER_SIZE, src_path, "header", 0)
         block_size, num_blocks = _check_header(header, src_path, raw_size)
+        file_size = os.fstat(f.fileno()).st_size
+        if ZSTD_HEADER_SIZE + ZSTD_BLOCK_ENTRY.size * num_blocks > file_size:  # before any allocation
+            raise FastdataFormatError(
+                f"{src_path}: field num_blocks at byte 32 is {num_blocks}: its block table would end at "
+                f"byte {ZSTD_HEADER_SIZE + ZSTD_BLOCK_ENTRY.size * num_blocks}, past the end of the file "
+                f"({file_size} bytes)")
         table = _read_exact(f, ZSTD_BLOCK_ENTRY.size * num_blocks, src_path, "block table", 64)
         entries = [ZSTD_BLOCK_ENTRY.unpack_from(table, i * 16) for i in range(num_blocks)]
         dctx = zstandard.ZstdDecompressor(max_window_size=max(block_size, 1 << 20) * 2)
