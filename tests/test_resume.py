@@ -54,14 +54,15 @@ def finish(dl, epochs_left: int) -> list[int]:
     return [i for _ in range(1 + epochs_left) for i in ids_of(dl)]
 
 
-def test_b1_cut_points(data):
-    full = uninterrupted(data)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_b1_cut_points(data, workers):
+    full = uninterrupted(data, workers=workers)
     steps = len(loader(data))
     per = 4
     for k in (0, 1, steps // 2, steps - 1, steps):
-        before, state = run_until(loader(data), k)
+        before, state = run_until(loader(data, workers=workers), k)
         json.dumps(state)
-        resumed = loader(data)
+        resumed = loader(data, workers=workers)
         resumed.load_state_dict(json.loads(json.dumps(state)))
         after = finish(resumed, 0)
         if k == steps:  # a cut exactly at the end resumes at epoch 1, step 0: all of epoch 1
@@ -71,6 +72,25 @@ def test_b1_cut_points(data):
         else:
             assert before + after + ids_of(resumed) == full, k
         assert len(before) == k * per
+
+
+def test_b1_same_topology_cut_on_four_ranks(data):
+    """Every rank of a 4-rank world cuts at the same steps and resumes its own stripe exactly
+    (the order is a pure function of the world; real processes: tests/test_multiprocess.py)."""
+    worlds = [fastdata.World(rank=r, world_size=4, local_rank=r, ranks_per_node=4) for r in range(4)]
+    for w in worlds:
+        full = ids_of(loader(data, world=w, batch=2))
+        steps = len(full) // 2
+        for k in (1, steps // 2, steps - 1, steps):
+            before, state = run_until(loader(data, world=w, batch=2), k)
+            resumed = loader(data, world=w, batch=2)
+            resumed.load_state_dict(state)
+            after = ids_of(resumed)
+            if k == steps:
+                assert (state["epoch"], state["step"]) == (1, 0)
+                assert before == full and len(after) == len(full), "the resumed epoch is empty or short"
+            else:
+                assert before + after == full, (w.rank, k)
 
 
 def test_b1_first_step_of_next_epoch(data):
