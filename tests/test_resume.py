@@ -317,6 +317,30 @@ def test_f4_memory_flat_across_epochs(data):
     assert len(pickle.dumps(dl.dataset)) < 1 << 20
 
 
+@pytest.mark.multiprocess
+def test_f4_worker_process_memory_flat_across_epochs(data):
+    """F4 in the worker processes, where copy-on-access growth happens: a stock DataLoader with
+    persistent workers, 3 epochs; each worker's USS grows < 2 % (+ 1 MiB) from epoch 2 to 3,
+    and the dataset a worker receives pickles small whatever the sample count."""
+    import psutil
+    import torch
+
+    ds = fastdata.TokenDataset(data, seq_len=16, seed=9, batch_size=4)
+    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    readings = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        assert sum(1 for _ in dl) > 0
+        workers = [psutil.Process(w.pid) for w in dl._iterator._workers]  # the persistent ones
+        assert len(workers) == 2 and all(w.is_running() for w in workers)
+        readings.append([w.memory_full_info().uss for w in workers])
+    for before, after in zip(readings[1], readings[2]):
+        assert after - before < 0.02 * before + (1 << 20), readings
+    small = fastdata.TokenDataset(data, seq_len=2048, seed=9, batch_size=4)
+    assert len(pickle.dumps(ds)) < 1 << 20 and abs(len(pickle.dumps(ds)) - len(pickle.dumps(small))) < 4096
+    del dl
+
+
 def test_f5_clean_shutdown_after_early_break(data):
     baseline = threading.active_count()
     dl = loader(data, workers=3)
