@@ -46,3 +46,29 @@ def test_a_short_range_reads_only_what_it_needs(served):
     got, _ = store.read_range_tagged("big.bin", 0, 64 << 10)
     assert got == data[: 64 << 10]
     assert proxy.counters.bytes_down < SIZE // 2  # the rest of the 3 MiB answer was never read
+
+
+def test_d1_reset_mid_body_over_http_is_retried_twice_then_verified(tmp_path, caplog):
+    """D1 on the HTTP path: the proxy resets the first two connections after 40 % of the body;
+    the object completes on the third attempt, its hash verifies, the log names it twice. A
+    retry starts again from byte 0 (one ranged GET per attempt; no stitching to check)."""
+    import logging
+
+    data = os.urandom(256 << 10)
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "obj.bin").write_bytes(data)
+    with RangeServer(str(tmp_path)) as server:
+        proxy = FaultProxy(int(server.url.rsplit(":", 1)[1])).start()
+        try:
+            proxy.faults.reset_after, proxy.faults.fault_conns = int(len(data) * 0.4), 2
+            store = Store(f"http://127.0.0.1:{proxy.port}/ds", {"allow_insecure": True})
+            with caplog.at_level(logging.WARNING, logger="fastdata.storage.download"):
+                stats = download(store, "obj.bin", str(tmp_path / "out.bin"), len(data),
+                                 xxhash.xxh3_128_hexdigest(data), RetryPolicy(attempts=4, base_backoff=0.05))
+        finally:
+            proxy.stop()
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert (stats.attempts, stats.retries) == (3, 2)
+    retries = [r.getMessage() for r in caplog.records if "obj.bin" in r.getMessage()]
+    assert len(retries) == 2 and all("attempt" in m for m in retries), retries
+    assert [r.range for r in server.requests("GET", "/ds/obj.bin")] == [f"bytes=0-{len(data) - 1}"] * 3
