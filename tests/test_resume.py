@@ -342,15 +342,15 @@ def test_f4_worker_process_memory_flat_across_epochs(data):
 
 
 def test_f5_clean_shutdown_after_early_break(data):
-    baseline = threading.active_count()
+    baseline = set(threading.enumerate())  # threads of earlier tests may end meanwhile: compare sets
     dl = loader(data, workers=3)
     for _ in dl:
         break
     del dl
     deadline = time.monotonic() + 5
-    while threading.active_count() > baseline and time.monotonic() < deadline:
+    while set(threading.enumerate()) - baseline and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert threading.active_count() == baseline
+    assert [t.name for t in set(threading.enumerate()) - baseline] == []
     procs = loader(data, workers=2, backend="processes")
     it = iter(procs)
     next(it)

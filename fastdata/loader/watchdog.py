@@ -61,7 +61,7 @@ class Watchdog:
         self._lock = threading.Lock()
         self._waiting = False
         self._waited = 0.0  # seconds of the current wait, counted in watchdog ticks
-        self._stopped = 0.0  # of those, seconds the awaited worker was seen stopped
+        self._stopped = 0.0  # of those, seconds a worker was seen stopped
         self.fired: str | None = None  # what was ended and why, once it fired
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="fastdata-watchdog", daemon=True)
@@ -116,7 +116,10 @@ class Watchdog:
                 awaited = self._awaited()
                 everyone = list(enumerate(getattr(self._iterator, "_workers", ())))
                 candidates = [awaited] if awaited else everyone
-                stopped = [(i, w) for i, w in candidates if process_state(w.pid) == "T"]
+                # any stopped worker, not only the awaited one: a worker stopped in the middle of
+                # handing a batch over (torch's fd transfer, the shared queue's lock) blocks the
+                # loop while it seems to wait for another worker's batch
+                stopped = [(i, w) for i, w in everyone if process_state(w.pid) == "T"]
                 self._stopped = self._stopped + tick if stopped else 0.0
                 if self._stopped >= self.stopped_after:
                     self._fire(stopped, f"it has been stopped (SIGSTOP) for {self._stopped:.0f} s")
