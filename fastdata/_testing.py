@@ -17,12 +17,18 @@ _hits: Counter[str] = Counter()
 _written: Counter[str] = Counter()
 
 
-def pause_point(site: str) -> None:
-    wanted = os.environ.get("FASTDATA_TEST_PAUSE")
+def _armed(variable: str, site: str) -> str | None:
+    """The value after ``<site>:`` when ``variable`` is ``<site>:<value>``, else None."""
+    wanted = os.environ.get(variable)
     if not wanted:
-        return
-    name, _, count = wanted.partition(":")
-    if name != site:
+        return None
+    name, _, value = wanted.partition(":")
+    return value if name == site else None
+
+
+def pause_point(site: str) -> None:
+    count = _armed("FASTDATA_TEST_PAUSE", site)
+    if count is None:
         return
     _hits[site] += 1
     if _hits[site] != int(count or 1):
@@ -38,11 +44,8 @@ def delay_point(site: str) -> None:
     """``FASTDATA_TEST_DELAY=<site>:<seconds>`` makes every arrival at ``site`` sleep that long
     (a slow stage on purpose). Sites: ``gather`` (each batch assembly, on the thread or worker
     process that assembles; see docs/metrics.md). Unset, it costs one dict lookup."""
-    wanted = os.environ.get("FASTDATA_TEST_DELAY")
-    if not wanted:
-        return
-    name, _, seconds = wanted.partition(":")
-    if name == site:
+    seconds = _armed("FASTDATA_TEST_DELAY", site)
+    if seconds is not None:
         time.sleep(float(seconds))
 
 
@@ -52,11 +55,8 @@ def disk_point(site: str, nbytes: int) -> None:
     machines where a small filesystem cannot be mounted. Sites: ``download`` (each ranged
     write of a download), ``decompress`` (each block of a zstd shard written out). Unset, it
     costs one dict lookup."""
-    wanted = os.environ.get("FASTDATA_TEST_ENOSPC")
-    if not wanted:
-        return
-    name, _, limit = wanted.partition(":")
-    if name != site:
+    limit = _armed("FASTDATA_TEST_ENOSPC", site)
+    if limit is None:
         return
     _written[site] += nbytes
     if _written[site] > int(limit):

@@ -45,8 +45,8 @@ class DaemonPool:
                 t = threading.Thread(target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True)
                 self._threads.append(t)
                 t.start()
-            else:
-                self._idle -= 1
+            elif self._idle > 0:
+                self._idle -= 1  # an idle thread takes it
         return future
 
     def _run(self) -> None:
