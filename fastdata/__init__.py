@@ -27,13 +27,13 @@ from fastdata.errors import (
 from fastdata.world import World
 
 if TYPE_CHECKING:
-    from fastdata.dataset import Dataset, open_dataset
     from fastdata.loader.dataloader import DataLoader
     from fastdata.loader.dataset import OrderOptions, Source, TokenDataset
+    from fastdata.reader import Dataset, open_dataset
 
 _LAZY = {
-    "Dataset": "fastdata.dataset",
-    "open_dataset": "fastdata.dataset",
+    "Dataset": "fastdata.reader",
+    "open_dataset": "fastdata.reader",
     "DataLoader": "fastdata.loader.dataloader",
     "OrderOptions": "fastdata.loader.dataset",
     "Source": "fastdata.loader.dataset",

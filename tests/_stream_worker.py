@@ -149,7 +149,7 @@ def run(cfg: dict, rank: int, world_size: int, node: int, result: dict) -> None:
     result["barrier"] = True
     # every rank is done with the loader (its prefetch thread is closed): the node's counters
     # against the bytes on disk
-    from fastdata.shard_files import node_cache
+    from fastdata.reader.files import node_cache
 
     root = cfg["caches"][node]
     result["cache_end"] = {"stats": node_cache(root, cfg["cache_limit"]).stats(), "du": du(root)}

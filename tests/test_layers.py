@@ -71,7 +71,7 @@ def test_nothing_but_the_cli_imports_names_from_the_package_root():
 CHECK = """
 import sys
 import {module}
-print(",".join(sorted(m for m in ("torch", "fastdata._native", "fastdata.dataset", "fastdata.loader")
+print(",".join(sorted(m for m in ("torch", "fastdata._native", "fastdata.reader", "fastdata.loader")
                       if m in sys.modules)))
 """
 

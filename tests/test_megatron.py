@@ -23,7 +23,6 @@ import pytest
 import fastdata
 import fastdata.megatron.source as megatron_source
 from fastdata.cli.main import main as cli
-from fastdata.dataset import verify_dataset
 from fastdata.errors import (
     FastdataConfigError,
     FastdataFormatError,
@@ -33,6 +32,7 @@ from fastdata.errors import (
 from fastdata.format.reader import gather, open_token_range
 from fastdata.megatron import megatron_prefix, open_megatron, plan_shards
 from fastdata.megatron.index import HEADER_SIZE
+from fastdata.reader import verify_dataset
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -8,7 +8,7 @@ import os
 
 from fastdata.cli.pack import storage_options
 from fastdata.doctor import QUICK, Budget, DoctorOptions, Report, run_checks
-from fastdata.shard_files import default_cache_dir
+from fastdata.reader.files import default_cache_dir
 from fastdata.units import parse_size
 from fastdata.world import World
 

@@ -8,9 +8,9 @@ import tempfile
 
 import numpy as np
 
-from fastdata.dataset import Dataset, open_dataset
 from fastdata.errors import FastdataError
 from fastdata.pack.tokenizers import BytesTokenizer, Tokenizer, TokenizerSpec, load_tokenizer
+from fastdata.reader import Dataset, open_dataset
 from fastdata.units import format_size
 
 

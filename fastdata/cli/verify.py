@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fastdata.dataset import verify_dataset
+from fastdata.reader.verify import verify_dataset
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,12 +7,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from fastdata.dataset import load_manifest
 from fastdata.doctor.credentials import credential_sources, describe
 from fastdata.doctor.report import FAIL, PASS, SKIP, WARN, Check, DoctorOptions
 from fastdata.errors import FastdataError
 from fastdata.format.manifest import Manifest
 from fastdata.format.spec import MANIFEST_NAME
+from fastdata.reader.manifest import load_manifest
 from fastdata.storage.remote import Store
 from fastdata.units import format_size
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastdata import metrics
-from fastdata.dataset import Dataset
 from fastdata.errors import FastdataConfigError
 from fastdata.format.reader import gather, permute
 from fastdata.loader.bestfit import BestFitReader
+from fastdata.reader.dataset import Dataset
 from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace, packed_space
 
 IGNORE = -100

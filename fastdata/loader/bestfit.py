@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastdata import metrics
-from fastdata.dataset import Dataset
 from fastdata.format.reader import gather, permute
+from fastdata.reader.dataset import Dataset
 from fastdata.sampling.bestfit import BestFitPlan
 from fastdata.sampling.order import EpochOrder, OrderConfig
 from fastdata.sampling.permute import derive_key

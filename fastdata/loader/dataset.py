@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from fastdata.dataset import Dataset
 from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.format.reader import permute
 from fastdata.loader import cache_fit
@@ -34,6 +33,7 @@ from fastdata.loader.mixture import Schedule
 from fastdata.loader.sources import Source, as_sources, mixture_of, open_source
 from fastdata.loader.state import StreamState, check_identity, identity_of, parse_state
 from fastdata.loader.stepping import step_items
+from fastdata.reader.dataset import Dataset
 from fastdata.sampling.blend import BlendOrder
 from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace, Stripe, document_space, packed_space
 from fastdata.sampling.sources import IdSpace, concat, first_uses, split_key

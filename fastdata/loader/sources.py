@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastdata.dataset import Dataset, open_dataset
 from fastdata.errors import FastdataConfigError
 from fastdata.loader.mixture import Mixture, Schedule
-from fastdata.megatron import megatron_prefix, open_megatron
+from fastdata.reader import Dataset, open_dataset
 from fastdata.sampling.order import SampleSpace
 from fastdata.sampling.sources import resolve_weights
 from fastdata.storage.remote import redact
@@ -32,8 +31,9 @@ class Source:
 
 
 def open_source(url: str, **options: Any) -> Dataset:
-    """A fastdata dataset, or a Megatron ``.bin``/``.idx`` pair read in place (docs/megatron.md)."""
-    return open_megatron(url, **options) if megatron_prefix(url) else open_dataset(url, **options)
+    """A fastdata dataset, or a Megatron ``.bin``/``.idx`` pair read in place (docs/megatron.md):
+    the reader chooses (``fastdata.reader.open``); the loader knows no file format."""
+    return open_dataset(url, **options)
 
 
 def as_sources(source: str | Source | Sequence[Source]) -> list[Source]:

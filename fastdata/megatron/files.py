@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from fastdata.errors import FastdataIntegrityError
-from fastdata.shard_files import count_use, counted_fill, default_cache_dir, node_cache
-from fastdata.storage.download import RetryPolicy, retrying
+from fastdata.reader.files import count_retry, count_use, counted_fill, default_cache_dir, node_cache
+from fastdata.storage.download import RetryPolicy, download
 from fastdata.storage.plain_cache import open_plain_directory, plain_file, private_directory
 from fastdata.storage.remote import Store
 
@@ -113,34 +111,8 @@ class MegatronFiles:
         counted_fill(lambda: self._fill(index, dest), 0 if self.store.local else self.size(index))
 
     def _fill(self, index: int, dest: str) -> None:
-        """Parallel ranged reads, each retried under the policy and checked for its length."""
+        """Parallel ranged reads of the shard's ``.bin`` bytes, retried, checked for their length
+        and for one version of the object (``fastdata.storage.download``, as for fastdata shards)."""
         start, end = (int(x) for x in self.byte_ranges[index])
-        step = self.policy.range_bytes
-        pieces = [(s, min(s + step, end)) for s in range(start, end, step)]
-        where = self.store.describe(self.bin_name)
-
-        def one(fd: int, bounds: tuple[int, int]) -> None:
-            lo, hi = bounds
-            data = retrying(f"{where} bytes {lo}-{hi}", lambda: self.store.read_range(self.bin_name, lo, hi),
-                            self.policy)
-            if len(data) != hi - lo:
-                raise FastdataIntegrityError(
-                    f"{where}: bytes {lo}-{hi} came back as {len(data)} bytes (the .bin is shorter than its "
-                    ".idx says: truncated, or replaced while in use)")
-            view, at = memoryview(data), lo - start
-            while view:
-                n = os.pwrite(fd, view, at)
-                view, at = view[n:], at + n
-
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            if len(pieces) <= 1:
-                for p in pieces:
-                    one(fd, p)
-            else:
-                with ThreadPoolExecutor(min(self.policy.parallel, len(pieces)),
-                                        thread_name_prefix="fastdata-megatron") as pool:
-                    for future in [pool.submit(one, fd, p) for p in pieces]:
-                        future.result()
-        finally:
-            os.close(fd)
+        download(self.store, self.bin_name, dest, end - start, None, self.policy, on_retry=count_retry,
+                 offset=start)

@@ -1,4 +1,4 @@
-"""A Megatron-Core ``.bin``/``.idx`` pair opened as a fastdata :class:`~fastdata.dataset.Dataset`.
+"""A Megatron-Core ``.bin``/``.idx`` pair opened as a fastdata :class:`~fastdata.reader.dataset.Dataset`.
 
 A fastdata document is a Megatron *sequence* (``IndexedDataset[i]``). The one big ``.bin``
 is presented as virtual shards: runs of whole sequences of about ``shard_bytes`` each
@@ -20,14 +20,14 @@ import numpy as np
 import xxhash
 
 from fastdata.atomic import write_bytes_atomic
-from fastdata.dataset import Dataset
 from fastdata.errors import FastdataConfigError, FastdataFormatError
 from fastdata.format.manifest import Manifest, TokenizerInfo
 from fastdata.format.reader import ShardView, open_token_range
 from fastdata.format.shard_table import RECORD, ShardTable
 from fastdata.megatron.files import MegatronFiles, Release
 from fastdata.megatron.index import MegatronIndex, parse_index, plan_shards
-from fastdata.shard_files import default_cache_dir
+from fastdata.reader.dataset import Dataset
+from fastdata.reader.files import default_cache_dir
 from fastdata.storage.download import retrying
 from fastdata.storage.remote import Store, is_local
 from fastdata.units import parse_size
@@ -73,10 +73,10 @@ class MegatronDataset(Dataset):
         self.stem, self.index, self.index_path, self.shard_bytes = stem, index, index_path, shard_bytes
         self.bounds = plan_shards(index.lengths, index.dtype.itemsize, shard_bytes)
         manifest, byte_ranges = _manifest(stem, index, self.bounds)
-        super().__init__(store, manifest, cache_dir, cache_limit)
         names = [manifest.shards.name(i) for i in range(len(manifest.shards))]
-        self.files = MegatronFiles(store, stem + ".bin", names, byte_ranges, manifest.fingerprint,
-                                   cache_dir, cache_limit)
+        self.megatron_files = MegatronFiles(store, stem + ".bin", names, byte_ranges, manifest.fingerprint,
+                                            cache_dir, cache_limit)
+        super().__init__(store, manifest, cache_dir, cache_limit, files=self.megatron_files)
 
     def __repr__(self) -> str:
         return (f"MegatronDataset({self.store.describe(self.stem)!r}, dtype={self.index.dtype.name}, "
@@ -96,7 +96,8 @@ class MegatronDataset(Dataset):
         np.cumsum(self.index.lengths[lo:hi], out=offsets[1:])
         path, release = self.files.acquire(index)
         try:
-            view = open_token_range(path, self.files.byte_offset(index), self.index.dtype.name, offsets)
+            at = self.megatron_files.byte_offset(index)
+            view = open_token_range(path, at, self.index.dtype.name, offsets)
         except BaseException:
             release()
             raise

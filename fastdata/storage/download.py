@@ -102,15 +102,17 @@ def _write_at(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy) -> None:
-    """One attempt: every range of the object into ``fd``, all from one version of it.
+def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy, offset: int = 0) -> None:
+    """One attempt: every range of the object's bytes ``[offset, offset + size)`` into ``fd``
+    (from its byte 0), all from one version of it.
 
     One range is one GET: it returns one version, and the hash check catches the rest. Over
     HTTP(S) the first range names the version (its ETag) and the others are asked for with
     ``If-Match``, so a replaced object answers 412; other backends compare the ETag before
     and after.
     """
-    ranges = [(s, min(s + policy.range_bytes, size)) for s in range(0, size, policy.range_bytes)]
+    end_all = offset + size
+    ranges = [(s, min(s + policy.range_bytes, end_all)) for s in range(offset, end_all, policy.range_bytes)]
 
     whole: list[bool] = []  # the first range's answer was the whole object (Range ignored)
 
@@ -119,11 +121,12 @@ def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy
         etag = None
         if store.conditional_reads:
             data, etag = store.read_range_tagged(name, start, end, if_match,
-                                                 whole=size if start == 0 and end < size else None)
+                                                 whole=size if offset == 0 and start == 0 and end < size
+                                                 else None)
             if if_match is not None and etag is not None and etag != if_match:  # If-Match ignored
                 raise ObjectChangedError(f"{store.describe(name)} changed during the download "
                                          f"(ETag {if_match}, then {etag})")
-            if start == 0 and len(data) > end:  # one answer holds every range: check it all here
+            if offset == 0 and start == 0 and len(data) > end:  # one answer holds every range: check it all
                 end = size
                 whole.append(True)
         else:
@@ -132,7 +135,7 @@ def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy
             raise FastdataIntegrityError(
                 f"{store.describe(name)}: bytes {start}-{end - 1} came back as {len(data)} bytes, "
                 f"expected {end - start} (truncated or replaced object)")
-        _write_at(out, data, start)
+        _write_at(out, data, start - offset)
         pause_point("mid_download")
         return etag
 
@@ -163,10 +166,12 @@ def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy
         raise ObjectChangedError(f"{store.describe(name)} changed during the download")
 
 
-def download(store: Store, name: str, dest: str, size: int, digest: str,
-             policy: RetryPolicy | None = None, on_retry: Callable[[int, BaseException], None] | None = None
-             ) -> DownloadStats:
-    """Fetch ``name`` into the (new, empty) local file ``dest`` and verify it.
+def download(store: Store, name: str, dest: str, size: int, digest: str | None,  # noqa: PLR0913
+             policy: RetryPolicy | None = None, on_retry: Callable[[int, BaseException], None] | None = None,
+             *, offset: int = 0) -> DownloadStats:
+    """Fetch ``name`` (or its ``size`` bytes from ``offset`` on) into the (new, empty) local
+    file ``dest`` and verify it against ``digest`` (xxh3-128; None: only its size is
+    checked, for formats that carry no hash, such as a Megatron ``.bin``).
 
     Raises:
         FastdataDownloadError: the object could not be read within the retry budget, or
@@ -183,12 +188,12 @@ def download(store: Store, name: str, dest: str, size: int, digest: str,
         try:
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                _fetch_once(store, name, fd, size, policy)
+                _fetch_once(store, name, fd, size, policy, offset)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             with metrics.stage("verify"):
-                actual = _hash(dest)
+                actual = _hash(dest) if digest is not None else None
             if actual != digest:
                 raise FastdataIntegrityError(
                     f"{store.describe(name)}: xxh3_128 is {actual}, the manifest says {digest} "

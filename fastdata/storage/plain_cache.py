@@ -8,7 +8,7 @@ eviction. What makes it safe to reuse a file found there:
 * an entry that is not a regular file (a symlink, a fifo) is never opened: it is removed and
   the shard fetched again;
 * the size is checked here; the caller checks the content hash the first time each process
-  uses the file (``fastdata.shard_files``), as for the node cache.
+  uses the file (``fastdata.reader.files``), as for the node cache.
 """
 
 from __future__ import annotations
