@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 
 from fastdata import metrics
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _batches(loader: Any) -> Iterator[Any]:
+def _batches(loader: Any) -> Generator[Any, None, None]:
     epoch = 0
     while True:
         loader.set_epoch(epoch)

@@ -22,7 +22,7 @@ import xxhash
 
 from fastdata.errors import FastdataConfigError, FastdataInputError, FastdataIOError
 from fastdata.format.manifest import Manifest, ShardInfo, TokenizerInfo
-from fastdata.format.shard_table import TABLE_NAME, pattern_name
+from fastdata.format.shard_table import TABLE_NAME, ShardTable, pattern_name
 from fastdata.format.spec import DTYPE_CODES, MANIFEST_NAME
 from fastdata.format.writer import write_shard
 from fastdata.megatron.files import MegatronFiles
@@ -109,7 +109,7 @@ def import_megatron(config: ImportConfig,
         "sequences": index.num_sequences, "documents": len(index.document_indices) - 1,
         "multimodal": index.multimodal, "shard_size": config.shard_size}}
     manifest = Manifest(dtype=dtype, has_loss_mask=False, compression=None, tokenizer=tokenizer,
-                        shards=tuple(infos), provenance=provenance)
+                        shards=ShardTable.from_infos(infos, compressed=False), provenance=provenance)
     text, table = manifest.serialize()
     if table is not None:
         out.write_bytes(TABLE_NAME, table)

@@ -17,9 +17,9 @@ import secrets
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xxhash
@@ -31,7 +31,7 @@ from fastdata.errors import (
     FastdataFormatError,
 )
 from fastdata.format.manifest import Manifest, ShardInfo, parse_manifest
-from fastdata.format.shard_table import TABLE_NAME
+from fastdata.format.shard_table import TABLE_NAME, ShardTable
 from fastdata.format.spec import MANIFEST_NAME
 from fastdata.pack.config import PackConfig, PackProgress, PackResult, resolve_dtype
 from fastdata.pack.encode import EncodeOptions, TaskResult
@@ -281,7 +281,9 @@ def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = N
         sink = _ShardSink(config, store, plan.dtype, journal)
         next_task = start_task
         stream = itertools.islice(plan.stream(config.encode), start_task, None)
-        results = ordered_results(stream, config.encode, workers, plan.fetch(config.encode))
+        # a generator (workers.py annotates it as an Iterator): closing it ends its fetch threads
+        results = cast(Generator[TaskResult, None, None],
+                       ordered_results(stream, config.encode, workers, plan.fetch(config.encode)))
         try:
             for i, result in enumerate(results, start=start_task):
                 first = skip_docs if i == start_task else 0
@@ -327,7 +329,7 @@ def write_manifest(plan: PackPlan, config: PackConfig, shards: Sequence[ShardInf
 
     manifest = Manifest(
         dtype=plan.dtype, has_loss_mask=config.encode.read.chat, compression=config.compression,
-        tokenizer=tok.info, shards=tuple(shards),
+        tokenizer=tok.info, shards=ShardTable.from_infos(list(shards), config.compression == "zstd"),
         provenance={"fastdata_version": __version__, **plan.provenance},
     )
     text, table = manifest.serialize()

@@ -56,11 +56,11 @@ class Area:
         Ray reuses worker processes, so the environment is set per task rather than when
         the worker starts; it is set before the first tokenizer of the process is loaded.
         """
-        for key, value in self.env:
+        for name, value in self.env:
             if value is None:
-                os.environ.pop(key, None)
+                os.environ.pop(name, None)
             else:
-                os.environ[key] = value
+                os.environ[name] = value
         key = (self.url, self.job)
         if key not in _STORES:
             _STORES[key] = Store(self.url, self.storage_options)

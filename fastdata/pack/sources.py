@@ -15,10 +15,13 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Union, cast
+from typing import IO, TYPE_CHECKING, Any, Union, cast
 
 from fastdata.errors import FastdataConfigError, FastdataInputError
 from fastdata.pack.fetched import Fetched
+
+if TYPE_CHECKING:
+    from zstandard import ZstdDecompressionReader
 
 #: Byte size of the blocks that splittable line-oriented files are cut into.
 BLOCK_BYTES = 1 << 20
@@ -155,14 +158,19 @@ def _open(task: Task, data: TaskData) -> IO[bytes]:
     return cast(IO[bytes], data.open()) if isinstance(data, Fetched) else open(task.path, "rb")
 
 
-def _open_text_stream(task: Task, data: TaskData) -> IO[bytes]:
+def _decompressed(task: Task, data: TaskData) -> gzip.GzipFile | ZstdDecompressionReader:
+    """The decompressed stream of a gzip or zstd task."""
     if task.codec == "gzip":
         return gzip.open(task.path if data is None else _open(task, data), "rb")
     if task.codec == "zstd":
         import zstandard
 
         return zstandard.ZstdDecompressor().stream_reader(_open(task, data), closefd=True)
-    return _open(task, data)
+    raise FastdataConfigError(f"{task.path}: unknown codec {task.codec!r}; expected gzip or zstd")
+
+
+def _open_text_stream(task: Task, data: TaskData) -> IO[bytes] | gzip.GzipFile | ZstdDecompressionReader:
+    return _open(task, data) if task.codec is None else _decompressed(task, data)
 
 
 def _first_line_number(task: Task) -> int:
@@ -181,17 +189,17 @@ def _first_line_number(task: Task) -> int:
 
 def _lines(task: Task, data: TaskData) -> Iterator[bytes]:
     """The lines of a line-oriented task, without their line ends."""
-    with _open_text_stream(task, data) as raw:
-        stream = io.BufferedReader(raw) if task.codec else raw  # type: ignore[arg-type]
-        if task.codec is None:
+    if task.codec is None:
+        with _open(task, data) as stream:
             stream.seek(task.start)
             remaining = task.end - task.start
             while remaining > 0:
                 line = stream.readline(remaining)
                 remaining -= len(line)
                 yield line.rstrip(b"\r\n")
-        else:
-            for line in stream:
+    else:
+        with _decompressed(task, data) as raw:
+            for line in io.BufferedReader(raw):
                 yield line.rstrip(b"\r\n")
 
 
@@ -288,7 +296,7 @@ def _read_jsonl(task: Task, options: ReadOptions, data: TaskData) -> Iterator[Re
         if not line.strip():
             continue
         text, problem = _decode(line)
-        if problem is None:
+        if text is not None:  # _decode gives the text or the problem, never both
             try:
                 value, problem = _field_value(json.loads(text), options)
             except json.JSONDecodeError as e:
@@ -341,7 +349,7 @@ def _read_tar(task: Task, options: ReadOptions, data: TaskData) -> Iterator[Reco
                 yield Record(where, None, f"no member with extension {' or '.join(members)}")
                 continue
             text, problem = _decode(sample[ext])
-            if problem is None and ext == "json":
+            if text is not None and ext == "json":
                 try:
                     text, problem = _field_value(json.loads(text), options)
                 except json.JSONDecodeError as e:
