@@ -152,7 +152,7 @@ def _lmdb(path: str) -> lmdb.Environment:
 
 
 @contextlib.contextmanager
-def transaction(key: tuple[int, int], write: bool) -> Iterator[tuple[lmdb.Transaction, dict]]:
+def transaction(key: tuple[int, int], write: bool) -> Iterator[tuple[lmdb.Transaction[bytes], dict]]:
     """One LMDB transaction on the environment ``key``, under the gate and the flock."""
     with gate:
         env, tables, _, lock_fd = _envs[key]

@@ -69,6 +69,10 @@ class CacheRecords:
     _closed: bool
     _root_fd: int
     _me: bytes
+    _held: set[CachedShard]  # this process's pins, released on close
+    _known: set[str]  # namespaces this process has recorded
+    _db_fd_cached: int  # set by _db_fd, with:
+    _db_fd_pid: int | None  # the pid that opened it (None once closed)
 
     def _open_root(self) -> int:
         os.makedirs(os.path.dirname(self.root), exist_ok=True)
@@ -126,7 +130,7 @@ class CacheRecords:
         return self._db_fd_cached
 
     @contextlib.contextmanager
-    def _txn(self, write: bool = True) -> Iterator[tuple[lmdb.Transaction, dict]]:
+    def _txn(self, write: bool = True) -> Iterator[tuple[lmdb.Transaction[bytes], dict]]:
         if self._closed:
             raise FastdataCacheError(f"node cache {self.root} is closed")
         if self._pid != os.getpid():
@@ -301,8 +305,8 @@ class CacheRecords:
                 # the records were lost: every namespace directory of the root is ours
                 txn.delete(cache_db.REBUILD, db=dbs["meta"])
                 for namespace in os.listdir(self._root_fd):
-                    st = os.stat(namespace, dir_fd=self._root_fd, follow_symlinks=False)
-                    if not namespace.startswith(".") and stat.S_ISDIR(st.st_mode):
+                    ns_st = os.stat(namespace, dir_fd=self._root_fd, follow_symlinks=False)
+                    if not namespace.startswith(".") and stat.S_ISDIR(ns_st.st_mode):
                         txn.put(namespace.encode(), b"", db=dbs["spaces"])
             for raw_ns in list(txn.cursor(db=dbs["spaces"]).iternext(values=False)):
                 namespace = raw_ns.decode()

@@ -103,7 +103,8 @@ class Store:
         self._query = ""  # a SAS query added to every object URL (http/https), never shown
         if self.local:
             self._root = url[len("file://"):] if url.startswith("file://") else url
-            self._fs_made = (None, os.getpid(), url, {})
+            # (the fsspec filesystem or None for a local store, the pid that made it, url, options)
+            self._fs_made: tuple[Any, int, str, dict[str, Any]] = (None, os.getpid(), url, {})
         else:
             import fsspec  # the one place fastdata touches fsspec
 
