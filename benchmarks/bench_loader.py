@@ -22,7 +22,9 @@ Measured (see README.md for what each number means):
    process; and the planning layer alone (``EpochOrder``).
 
 Hidden subcommands (``_fastdata-loader``, ``_first-ref``, ``_synthetic``, ``_planning``)
-are the child processes; the parent starts them.
+are the child processes; the parent starts them. The tables are made by ``render.py``, the
+synthetic dataset by ``synthetic.py``, the plumbing shared with ``bench_remote.py`` is in
+``_common.py``.
 """
 
 from __future__ import annotations
@@ -32,112 +34,35 @@ import time
 T_MAIN = time.time()  # as close to interpreter start as a script gets
 
 import argparse  # noqa: E402
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _common import (  # noqa: E402
+    BATCH,
+    DEFAULT_PEERS_PY,
+    FASTDATA_LOADERS,
+    LOCAL_PEERS,
+    PEER_LOADERS,
+    SEQ_LEN,
+    WORKERS,
+    check_peers_python,
+    ensure_stream,
+    log,
+    rss_now_mib,
+    rss_peak_mib,
+    run_json,
+    source_state,
+    write_results,
+)
+from synthetic import ensure_synthetic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-DEFAULT_PEERS_PY = HERE / ".venv-peers" / "bin" / "python"
 PEERS_SCRIPT = HERE / "peers" / "loader_peers.py"
-SEQ_LEN, BATCH, WORKERS = 2048, 8, 2
-
-PEER_LOADERS = {
-    "numpy-memmap": "torch DataLoader, map-style Dataset over np.memmap, int64 samples",
-    "numpy-memmap-u16": "same, uint16 samples out of the workers, cast by the consumer",
-    "megatron": "torch DataLoader, map-style Dataset over IndexedDataset (1 doc = 1 sample)",
-    "mosaicml": "StreamingDataset(local=...) + StreamingDataLoader",
-    "litdata": "StreamingDataset(TokensLoader(2049)) + StreamingDataLoader",
-    "webdataset": "WebDataset(shardshuffle).shuffle(1000).batched(8) + WebLoader",
-    "numpy-memmap-stateful": "torchdata StatefulDataLoader, map-style Dataset over np.memmap, int64 samples",
-}
-FASTDATA_LOADERS = {
-    "fastdata": "fastdata.DataLoader(ds, 8, num_workers=2) (threads, the default)",
-    "fastdata-processes": 'fastdata.DataLoader(..., backend="processes")',
-    "fastdata-torch-dl": "TokenDataset(batch_size=8) + torch DataLoader(batch_size=None)",
-    "fastdata-torch-dl-sample": "TokenDataset() (one sample per item) + torch DataLoader(batch_size=8)",
-    "fastdata-stateful-dl": "TokenDataset(batch_size=8) + torchdata StatefulDataLoader(batch_size=None)",
-    "fastdata-stateful-dl-sample": "TokenDataset() (one sample per item) + StatefulDataLoader(batch_size=8)",
-}
-PEERS = ("numpy-memmap", "megatron", "mosaicml", "litdata", "webdataset")  # ratio baselines
-#: Peers whose loader keeps a resumable state (torchdata's StatefulDataLoader, and the
-#: Streaming loaders of LitData and MosaicML, which have state_dict/load_state_dict): the
-#: baselines of fastdata's StatefulDataLoader rows.
-STATEFUL_PEERS = ("numpy-memmap-stateful", "litdata", "mosaicml")
-#: Peers that run in fastdata's python (they need only numpy, torch and torchdata).
-LOCAL_PEERS = ("numpy-memmap-stateful",)
-
-
-# ============================================================================ helpers
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def rss_now_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def rss_peak_mib() -> float:
-    """Peak RSS of this process (VmHWM; ru_maxrss would carry the parent's peak across exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def run_json(cmd: list[str], timeout: float, env: dict | None = None, log_path: Path | None = None
-             ) -> dict:
-    """Run a child that prints one JSON line last; {'error': ...} if it fails."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                              env=dict(os.environ, PYTHONWARNINGS="ignore", **(env or {})))
-    except subprocess.TimeoutExpired as e:
-        return {"error": f"timed out after {timeout:.0f} s", "stderr": str(e.stderr or "")[-2000:]}
-    if log_path is not None:
-        with open(log_path, "a") as f:
-            f.write(f"$ {' '.join(cmd)}\n{proc.stderr}\n")
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        return {"error": f"exit {proc.returncode}", "stderr": proc.stderr[-3000:]}
-    try:
-        return json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return {"error": "no JSON result", "stderr": proc.stderr[-3000:]}
-
-
-def fastdata_python() -> str:
-    return sys.executable
-
-
-def source_state() -> dict:
-    """The commit and the uncommitted files of fastdata's sources when the benchmark starts
-    (others may commit or edit while it runs; report.py records the commit at the end)."""
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
-                                  check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-    changed = git("status", "--porcelain", "--", "fastdata", "csrc").splitlines()  # "XY path"
-    return {"commit": git("rev-parse", "--short", "HEAD").strip() or "unknown",
-            "uncommitted": [line[3:] for line in changed if len(line) > 3]}
 
 
 # ============================================================================ data
@@ -162,32 +87,6 @@ def ensure_dataset(args: argparse.Namespace) -> Path:
     log("$ " + " ".join(cmd))
     subprocess.run(cmd, check=True)
     return out
-
-
-def ensure_stream(dataset: Path, work: Path) -> dict:
-    """Export the dataset's token stream (whole samples only) to a raw uint16 file."""
-    import xxhash  # noqa: PLC0415
-
-    import fastdata  # noqa: PLC0415
-
-    data = fastdata.open_dataset(str(dataset))
-    if np.dtype(data.dtype) != np.dtype("<u2"):
-        raise SystemExit("the loader benchmark expects a uint16 dataset (bytes tokenizer)")
-    samples = (data.num_tokens - 1) // SEQ_LEN
-    n_tokens = samples * SEQ_LEN + 1
-    tokens = data.tokens(0, n_tokens)
-    digest = xxhash.xxh3_128_hexdigest(memoryview(np.ascontiguousarray(tokens)).cast("B"))
-    path = work / "stream.u16"
-    meta_path = work / "stream.json"
-    meta = {"dataset": str(dataset), "samples": samples, "tokens": n_tokens, "seq_len": SEQ_LEN,
-            "xxh3_128": digest, "shards": len(data.shards), "dataset_tokens": data.num_tokens}
-    old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if old.get("xxh3_128") != digest or not path.exists() or path.stat().st_size != 2 * n_tokens:
-        tmp = path.with_suffix(".tmp")
-        tokens.astype("<u2").tofile(tmp)
-        os.replace(tmp, path)
-        meta_path.write_text(json.dumps(meta, indent=1) + "\n")
-    return meta
 
 
 def export_peers(args: argparse.Namespace, meta: dict) -> dict:
@@ -417,9 +316,9 @@ def first_ref_child(args: argparse.Namespace) -> dict:
 
 def loader_cmd(args: argparse.Namespace, system: str, batches: int, dataset: Path, meta: dict) -> list[str]:
     if system in FASTDATA_LOADERS:
-        return [fastdata_python(), str(Path(__file__).resolve()), "_fastdata-loader", "--system", system,
+        return [sys.executable, str(Path(__file__).resolve()), "_fastdata-loader", "--system", system,
                 "--dataset-path", str(dataset), "--batches", str(batches), "--workers", str(WORKERS)]
-    python = fastdata_python() if system in LOCAL_PEERS else str(args.peers_python)
+    python = sys.executable if system in LOCAL_PEERS else str(args.peers_python)
     return [python, str(PEERS_SCRIPT), "loader", "--system", system, "--stream",
             str(args.work_dir / "stream.u16"), "--samples", str(meta["samples"]), "--root",
             str(args.work_dir / "peers"), "--batches", str(batches), "--workers", str(WORKERS)]
@@ -454,7 +353,7 @@ def bench_loader(args: argparse.Namespace, dataset: Path, meta: dict) -> dict:
     first: dict[str, list[dict]] = {"reference": [], "fastdata": []}
     for _ in range(args.first_runs):
         first["reference"].append(spawn_timed(
-            [fastdata_python(), str(Path(__file__).resolve()), "_first-ref", "--stream",
+            [sys.executable, str(Path(__file__).resolve()), "_first-ref", "--stream",
              str(args.work_dir / "stream.u16")], 120, args.work_dir / "loader.log"))
         first["fastdata"].append(spawn_timed(loader_cmd(args, "fastdata", 1, dataset, meta), 120,
                                              args.work_dir / "loader.log"))
@@ -471,157 +370,6 @@ def bench_loader(args: argparse.Namespace, dataset: Path, meta: dict) -> dict:
 
 
 # ============================================================================ 4. synthetic 10^9
-
-def synthetic_layout(n_shards: int, samples_per_shard: int) -> tuple[int, int]:
-    """Tokens of every shard but the last, and of the last, for exactly n*s packed samples."""
-    per = samples_per_shard * SEQ_LEN
-    return per, per + 1  # one more token at the end: (total - 1) // SEQ_LEN == n * s
-
-
-def format_sources_key() -> str:
-    """Changes whenever fastdata's manifest code changes (a cached manifest may then be stale)."""
-    import fastdata  # noqa: PLC0415
-
-    h = hashlib.sha256()
-    fmt = Path(fastdata.__file__).parent / "format"
-    for p in sorted(fmt.glob("*.py")):
-        h.update(p.name.encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def write_sparse_shard(path: Path, tokens: int) -> str:
-    """A valid raw shard of one document of ``tokens`` zero tokens, sparse; returns its xxh3."""
-    from fastdata.format.hashing import hash_file  # noqa: PLC0415
-    from fastdata.format.spec import DTYPE_CODES, INDEX_OFFSET, Layout, pack_header  # noqa: PLC0415
-
-    layout = Layout.plan(1, tokens, DTYPE_CODES["uint16"], False)
-    index = np.array([0, tokens], dtype="<u8").tobytes()
-    with open(path, "wb") as f:
-        f.write(pack_header(layout, index))
-        f.seek(INDEX_OFFSET)
-        f.write(index)
-        f.truncate(layout.file_size)
-    return hash_file(str(path))
-
-
-def synthetic_manifest_text(n_shards: int, per: tuple[int, int, str], last: tuple[int, int, str],
-                            fingerprint: str | None) -> str:
-    """Inline manifest JSON in the layout ``Manifest.to_json`` writes (indent 1, sorted keys).
-
-    ``per`` and ``last``: (tokens, file bytes, xxh3) of every shard but the last, and of the last.
-    """
-    body = ('  {{\n   "docs": 1,\n   "name": "shard-{i:05d}.fds",\n   "raw_bytes": {b},\n'
-            '   "raw_xxh3_128": "{h}",\n   "stored_bytes": {b},\n   "tokens": {t},\n'
-            '   "xxh3_128": "{h}"\n  }}')
-    t, b, h = per
-    parts = [body.format(i=i, b=b, h=h, t=t) for i in range(n_shards - 1)]
-    t, b, h = last
-    parts.append(body.format(i=n_shards - 1, b=b, h=h, t=t))
-    total_tokens = per[0] * (n_shards - 1) + last[0]
-    total_bytes = per[1] * (n_shards - 1) + last[1]
-    head = {
-        "complete": True, "compression": None, "dtype": "uint16", "format": "fastdata",
-        "format_version": 1, "has_loss_mask": False,
-        "provenance": {"note": "synthetic: bench_loader.py (metadata-only dataset)"},
-        "tokenizer": {"bos_id": 257, "eos_id": 256, "fingerprint": "0" * 32, "kind": "bytes",
-                      "name": "bytes", "vocab_size": 258},
-        "totals": {"docs": n_shards, "raw_bytes": total_bytes, "shards": n_shards,
-                   "stored_bytes": total_bytes, "tokens": total_tokens},
-    }
-    if fingerprint is not None:
-        head["fingerprint"] = fingerprint
-    text = json.dumps(head, indent=1, sort_keys=True)
-    # insert the shard list where sorted keys put it (after "provenance", before "tokenizer")
-    cut = text.index('\n "tokenizer"')
-    return text[:cut] + '\n "shards": [\n' + ",\n".join(parts) + "\n ]," + text[cut:] + "\n"
-
-
-def link_shards(folder: Path, n_shards: int, per: list[Path], last: Path) -> None:
-    """Every shard name of the dataset as a hard link to a template (spread over ``per``)."""
-    chunk = -(-(n_shards - 1) // len(per))
-    for i in range(n_shards - 1):
-        os.link(per[i // chunk], folder / f"shard-{i:05d}.fds")
-    os.link(last, folder / f"shard-{n_shards - 1:05d}.fds")
-
-
-def ensure_synthetic(args: argparse.Namespace) -> dict:
-    """Generate (or reuse) the metadata-only dataset of ``--synthetic-shards`` shards.
-
-    Two folders, ``inline`` (manifest.json with one entry per shard) and, when this fastdata
-    writes one, ``table`` (fastdata's binary shard table); in both every shard file is a hard
-    link to one of a few sparse template shards. The links depend only on the shard format
-    (spec.py) and are kept; the manifests are rebuilt whenever fastdata's format code changes.
-    """
-    import fastdata.format.spec as spec  # noqa: PLC0415
-    from fastdata.format.manifest import parse_manifest  # noqa: PLC0415
-
-    n = args.synthetic_shards
-    spp = args.synthetic_samples // n
-    per_tokens, last_tokens = synthetic_layout(n, spp)
-    base = args.work_dir / f"synthetic-{n}"
-    inline_dir, table_dir, tmpl_dir = base / "inline", base / "table", base / "templates"
-    links_key = hashlib.sha256(Path(spec.__file__).read_bytes()).hexdigest()[:16] + f"/{n}/{spp}"
-    key = format_sources_key() + "/" + links_key
-    stamp_path = base / "stamp.json"
-    stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else {}
-    if stamp.get("key") == key:
-        return stamp
-    t0 = time.perf_counter()
-    # templates: ext4 allows 65,000 links per inode; two folders link each template <= 60,000 times
-    count = max(1, -(-n // 30_000))
-    per_paths = [tmpl_dir / f"t{per_tokens}-{k}.fds" for k in range(count)]
-    last_path = tmpl_dir / f"t{last_tokens}-last.fds"
-    if stamp.get("links_key") != links_key:
-        log(f"generating the synthetic {n:,}-shard dataset: sparse templates and {2 * n:,} hard links")
-        if base.exists():
-            shutil.rmtree(base)
-        for d in (inline_dir, table_dir, tmpl_dir):
-            d.mkdir(parents=True)
-        for p in per_paths:
-            write_sparse_shard(p, per_tokens)
-        write_sparse_shard(last_path, last_tokens)
-        link_shards(inline_dir, n, per_paths, last_path)
-        link_shards(table_dir, n, per_paths, last_path)
-        stamp = {"links_key": links_key}
-        stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
-    else:
-        log(f"fastdata's format code changed: rebuilding the synthetic {n:,}-shard manifests")
-    from fastdata.format.hashing import hash_file  # noqa: PLC0415
-
-    per = (per_tokens, per_paths[0].stat().st_size, hash_file(str(per_paths[0])))
-    last = (last_tokens, last_path.stat().st_size, hash_file(str(last_path)))
-    # the fingerprint is whatever this fastdata computes for these shards (its definition may
-    # change): parse the manifest once without it and ask the parsed Manifest.
-    manifest = parse_manifest(synthetic_manifest_text(n, per, last, None), "synthetic")
-    text = synthetic_manifest_text(n, per, last, manifest.fingerprint)
-    (inline_dir / "manifest.json").write_text(text)
-    stamp.update({"key": key, "shards": n, "samples_per_shard": spp, "manifest_bytes": len(text),
-                  "tokens": per_tokens * (n - 1) + last_tokens, "table": None, "table_error": None})
-    for stale in table_dir.glob("*"):
-        if not stale.name.endswith(".fds"):
-            stale.unlink()
-    # fastdata's binary shard table, where this fastdata writes one (Manifest.serialize)
-    serialize = getattr(manifest, "serialize", None)
-    if serialize is None:
-        stamp["table_error"] = "this fastdata has no Manifest.serialize (inline manifests only)"
-    else:
-        try:
-            mtext, table = serialize()
-            if table is None:
-                stamp["table_error"] = "Manifest.serialize() kept the shard list inline"
-            else:
-                name = json.loads(mtext).get("shard_table", {}).get("name", "shards.bin")
-                (table_dir / name).write_bytes(table)
-                (table_dir / "manifest.json").write_text(mtext)
-                stamp["table"] = {"manifest_bytes": len(mtext), "table_bytes": len(table)}
-        except Exception as e:  # noqa: BLE001 - an API in flux; report, don't fail
-            stamp["table_error"] = f"{type(e).__name__}: {e}"
-    del manifest
-    stamp["generate_s"] = time.perf_counter() - t0
-    stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
-    log(f"  synthetic dataset ready in {stamp['generate_s']:.1f} s")
-    return stamp
-
 
 def synthetic_child(args: argparse.Namespace) -> dict:
     """Child: TokenDataset over the synthetic dataset, then the first batch of fastdata.DataLoader."""
@@ -688,7 +436,7 @@ def bench_synthetic(args: argparse.Namespace) -> dict:
         # the inline JSON manifest takes tens of seconds per run: once is enough to see it
         runs = 1 if folder.name == "inline" else args.synthetic_runs
         for _ in range(runs):
-            r = spawn_timed([fastdata_python(), me, "_synthetic", "--dataset-path", str(folder)],
+            r = spawn_timed([sys.executable, me, "_synthetic", "--dataset-path", str(folder)],
                             args.synthetic_timeout, args.work_dir / "synthetic.log")
             rs.append(r)
             if "error" in r:
@@ -699,7 +447,7 @@ def bench_synthetic(args: argparse.Namespace) -> dict:
         out["variants"][label] = rs
     pr = []
     for _ in range(args.synthetic_runs):
-        pr.append(run_json([fastdata_python(), me, "_planning", "--shards", str(args.synthetic_shards),
+        pr.append(run_json([sys.executable, me, "_planning", "--shards", str(args.synthetic_shards),
                             "--samples-per-shard", str(args.synthetic_samples // args.synthetic_shards)],
                            args.synthetic_timeout))
         if "error" in pr[-1]:
@@ -710,193 +458,6 @@ def bench_synthetic(args: argparse.Namespace) -> dict:
             f"+ first slots {r['first_slots_s'] * 1e3:.1f} ms, peak RSS {r['rss_peak_mib']:.0f} MiB")
     out["planning"] = pr
     return out
-
-
-# ============================================================================ report
-
-def fmt_m(x: float | None) -> str:
-    return "—" if x is None or x != x else f"{x / 1e6:,.1f}"
-
-
-def best(rs: list[dict], key: str, hi: bool = True) -> float | None:
-    vals = [r[key] for r in rs if "error" not in r and key in r]
-    if not vals:
-        return None
-    return max(vals) if hi else min(vals)
-
-
-def markdown(res: dict) -> str:  # noqa: C901 - one table after another
-    L: list[str] = ["### Training loader", ""]
-    meta = res["meta"]
-    src = res.get("source") or {}
-    if src:
-        dirty = src.get("uncommitted") or []
-        L += [f"fastdata sources when this benchmark started: commit `{src.get('commit')}`"
-              + (f", with uncommitted changes in {', '.join(f'`{f}`' for f in dirty)}" if dirty else "")
-              + ".", ""]
-    L.append(f"Data: the bench corpus packed by fastdata with the bytes tokenizer "
-             f"({meta['shards']} shards, {meta['dataset_tokens']:,} tokens); {meta['samples']:,} "
-             f"samples of {SEQ_LEN + 1} tokens (windows with stride {SEQ_LEN}, fastdata's packed "
-             "samples), uint16 on disk, int64 batches of 8. Every peer format holds the same "
-             "samples, one record per sample:")
-    exp = res.get("export") or {}
-    if exp.get("formats"):
-        L.append("")
-        L.append("| format | written by | size MB | write s | read back == stream |")
-        L.append("|---|---|---:|---:|---|")
-        writers = {"megatron": "IndexedDatasetBuilder (1 document per sample)",
-                   "mosaicml": "MDSWriter, `tokens: ndarray:uint16:2049`, 64 MB shards",
-                   "litdata": "`optimize(..., item_loader=TokensLoader())`, 1,024 samples/chunk",
-                   "webdataset": "ShardWriter, 16 tar shards, member `.tok` = raw uint16"}
-        for k, v in exp["formats"].items():
-            L.append(f"| {k} | {writers.get(k, '')} | {v['bytes'] / 1e6:.1f} | {v['write_s']:.1f} | "
-                     f"{v['check']} ({v['samples']:,} samples) |")
-    elif exp.get("error"):
-        L += ["", f"**Peer export failed:** {exp['error']}"]
-
-    ip = res.get("inproc")
-    if ip:
-        L += ["", "#### In-process reads (no DataLoader), M tokens/s",
-              "", f"{ip['batches']:,} batches of 8 x 2049 per round after {ip.get('warmup', 1)} untimed "
-              f"batches (construction excluded), each batch a fresh int64 array; median of "
-              f"{ip['rounds']} rounds. fastdata and numpy.memmap "
-              "alternate round by round in one process; peers run in the peers venv.", ""]
-        base = ip["rows"].get("numpy.memmap (fastdata's python)", {})
-        L.append("| system | sequential | shuffled | seq. vs numpy.memmap | shuffled vs numpy.memmap "
-                 "| data check |")
-        L.append("|---|---:|---:|---:|---:|---|")
-        for label, row in ip["rows"].items():
-            cells = []
-            for p in ("sequential", "shuffled"):
-                cells.append(fmt_m(row.get(p, {}).get("tokens_per_s")) if "error" not in row.get(p, {})
-                             else "failed")
-            ratios = []
-            for p in ("sequential", "shuffled"):
-                a, b = row.get(p, {}).get("tokens_per_s"), base.get(p, {}).get("tokens_per_s")
-                ratios.append(f"{a / b:.2f}x" if a and b else "—")
-            check = row.get("shuffled", {}).get("data_check", "")
-            L.append(f"| {label} | {cells[0]} | {cells[1]} | {ratios[0]} | {ratios[1]} | {check} |")
-
-    ld = res.get("loader")
-    if ld:
-        L += ["", "#### DataLoader path: batch 8 x 2049, 2 workers, shuffled",
-              "", f"{ld['batches']:,} batches ({ld['tokens'] / 1e6:.1f} M tokens) per run, each run a "
-              f"fresh process; {ld['repeat']} runs per system, systems alternating (order reversed "
-              "every run). The consumer copies inputs and shifted labels out of every batch. "
-              "**steady** = tokens/s from the first batch to the last; **incl. start-up** = from "
-              "process spawn. RSS = peak of the main process.", ""]
-        peer_best = {s: best(ld["runs"].get(s, []), "steady_tokens_per_s") for s in PEERS}
-        peer_best = {s: v for s, v in peer_best.items() if v}
-        top = max(peer_best.items(), key=lambda kv: kv[1]) if peer_best else None
-        st_best = {s: best(ld["runs"].get(s, []), "steady_tokens_per_s") for s in STATEFUL_PEERS}
-        st_best = {s: v for s, v in st_best.items() if v}
-        st_top = max(st_best.items(), key=lambda kv: kv[1]) if st_best else None
-        L.append("| system | loader | steady M tok/s (best) | all runs | incl. start-up | first batch "
-                 "from spawn s | after import torch s | main RSS MiB | vs best peer |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-        for s, rs in ld["runs"].items():
-            desc = FASTDATA_LOADERS.get(s) or PEER_LOADERS.get(s, "")
-            ok = [r for r in rs if "error" not in r]
-            if not ok:
-                err = rs[0].get("error") if rs else "not run"
-                L.append(f"| {s} | {desc} | failed: {err} | | | | | | |")
-                continue
-            b = best(ok, "steady_tokens_per_s")
-            allr = " / ".join(fmt_m(r["steady_tokens_per_s"]) for r in ok)
-            base = st_top if "stateful" in s else top  # stateful loaders: against stateful peers
-            ratio = f"{b / base[1]:.2f}x" if base else "—"
-            L.append(f"| {s} | {desc} | {fmt_m(b)} | {allr} | {fmt_m(best(ok, 'total_tokens_per_s'))} | "
-                     f"{best(ok, 'first_from_spawn_s', False):.2f} | "
-                     f"{best(ok, 'first_after_torch_s', False):.2f} | "
-                     f"{best(ok, 'rss_main_mib', False):.0f} | {ratio} |")
-        if top:
-            L += ["", f"Best peer on the DataLoader path in this run: **{top[0]}**, "
-                  f"{top[1] / 1e6:.1f} M tokens/s."]
-            per_run = []
-            for rep in range(ld["repeat"]):
-                def at(s: str, rep: int = rep) -> float | None:
-                    rs = ld["runs"].get(s, [])
-                    ok = rep < len(rs) and "error" not in rs[rep]
-                    return rs[rep]["steady_tokens_per_s"] if ok else None
-                peers_rep = {s: at(s) for s in PEERS if at(s)}
-                if at("fastdata") and peers_rep:
-                    name, v = max(peers_rep.items(), key=lambda kv: kv[1])
-                    per_run.append(f"run {rep + 1}: {at('fastdata') / v:.2f}x ({name})")
-            if per_run:
-                L.append("fastdata.DataLoader (threads) / best peer of the same run: "
-                         + "; ".join(per_run) + ".")
-            L += ["", "The stock loaders' rows (`fastdata-torch-dl*`, `fastdata-stateful-dl*`) are "
-                  "divided by the best peer under the same kind of loader: the torch DataLoader rows "
-                  "by the best of " + ", ".join(PEERS) + " (all run the stock DataLoader or a "
-                  "subclass); the StatefulDataLoader rows by the best of the resumable loaders, "
-                  + ", ".join(STATEFUL_PEERS)
-                  + (f" (here **{st_top[0]}**, {st_top[1] / 1e6:.1f} M tokens/s)." if st_top else ".")]
-        fr = ld.get("first", {})
-        ref = [r for r in fr.get("reference", []) if "error" not in r]
-        fdf = [r for r in fr.get("fastdata", []) if "error" not in r]
-        if ref and fdf:
-            pairs = [(f, r) for f, r in zip(fr["fastdata"], fr["reference"])
-                     if "error" not in f and "error" not in r]
-            d_spawn = statistics.median(f["first_from_spawn_s"] - r["first_from_spawn_s"] for f, r in pairs)
-            d_torch = statistics.median(f["first_after_torch_s"] - r["first_after_torch_s"] for f, r in pairs)
-            L += ["", "#### Time to first batch from a cold process (page cache warm)", "",
-                  f"{len(pairs)} alternating pairs of fresh processes (same python, same script); "
-                  "\"reference\" = `import torch` + one numpy.memmap batch of 8 x 2049 into int64; "
-                  "fastdata = `import torch`, `import fastdata`, `TokenDataset` + `fastdata.DataLoader` "
-                  "(threads) and its first batch. Medians.", "",
-                  "| process | from spawn s | import torch s | after import torch s | runs (from spawn) |",
-                  "|---|---:|---:|---:|---|"]
-            for name, rs in (("reference", ref), ("fastdata.DataLoader (threads)", fdf)):
-                L.append(f"| {name} | {statistics.median(r['first_from_spawn_s'] for r in rs):.2f} | "
-                         f"{statistics.median(r['torch_import_s'] for r in rs):.2f} | "
-                         f"{statistics.median(r['first_after_torch_s'] for r in rs):.2f} | "
-                         + ", ".join(f"{r['first_from_spawn_s']:.2f}" for r in rs) + " |")
-            L += ["", f"fastdata's first batch comes {d_spawn:+.2f} s after the reference's from "
-                  f"spawn (median of the paired differences) and {d_torch:+.2f} s after it counted from "
-                  "the end of `import torch` (target: within 0.3 s). `import torch` alone varies by "
-                  "seconds between runs on a loaded box, so the second figure is the steadier one."]
-
-    sy = res.get("synthetic")
-    if sy:
-        L += ["", "#### 10^9 samples: construction, first batch, RSS", ""]
-        if "error" in sy:
-            L.append(f"**Failed:** {sy['error']}")
-        else:
-            st = sy["stamp"]
-            L.append(f"Synthetic dataset: {st['shards']:,} shards x {st['samples_per_shard']:,} packed "
-                     f"samples ({st['tokens']:,} tokens); inline manifest {st['manifest_bytes'] / 1e6:.0f} "
-                     "MB of JSON (one entry per shard). Every shard file exists as a hard link to one of "
-                     "a few sparse template shards (valid header and index, zero tokens), so the loader "
-                     "can open whichever shards the order picks. Fresh process each run; "
-                     "`TokenDataset(path, seq_len=2048, shuffle=True)` then the first batch of "
-                     "`fastdata.DataLoader(ds, 8, num_workers=2)`.")
-            if st.get("table"):
-                L.append(f"Binary variant: fastdata's own `Manifest.serialize()` output "
-                         f"({st['table']['manifest_bytes'] / 1e3:.1f} kB JSON + "
-                         f"{st['table']['table_bytes'] / 1e6:.0f} MB `shards.bin`).")
-            elif st.get("table_error"):
-                L.append(f"Binary shard table variant not generated: {st['table_error']}")
-            L += ["", "| manifest | samples | construct s | first batch s | total s | RSS after "
-                  "import MiB | RSS built MiB | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-            for label, rs in sy["variants"].items():
-                ok = [r for r in rs if "error" not in r]
-                if not ok:
-                    L.append(f"| {label} | failed: {rs[0].get('error')} | | | | | | |")
-                    continue
-                r = min(ok, key=lambda r: r["construct_and_first_s"])
-                L.append(f"| {label} | {r['samples']:,} | {r['construct_s']:.3f} | "
-                         f"{r['first_batch_s']:.3f} | {r['construct_and_first_s']:.3f} | "
-                         f"{r['rss_base_mib']:.0f} | {r['rss_built_mib']:.0f} | {r['rss_peak_mib']:.0f} |")
-            pl = [r for r in sy.get("planning", []) if "error" not in r]
-            if pl:
-                r = min(pl, key=lambda r: r["construct_s"])
-                L += ["", "Planning layer alone (`EpochOrder` over `document_space(np.full("
-                      f"{st['shards']:,}, {st['samples_per_shard']:,}))`, "
-                      f"global batch 8, shuffled): {r['samples']:,} samples, {r['construct_s']:.3f} s to "
-                      f"build, {r['first_slots_s'] * 1e3:.1f} ms for the first batch's sample ids, peak "
-                      f"RSS {r['rss_peak_mib']:.0f} MiB (python + numpy + fastdata, no torch)."]
-    L.append("")
-    return "\n".join(L)
 
 
 # ============================================================================ main
@@ -950,9 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--md-out", type=Path, default=None)
     args = ap.parse_args(argv)
-    if not args.no_peers and not args.peers_python.exists():
-        log(f"note: {args.peers_python} missing: running without peers (setup_peers.sh makes it)")
-        args.no_peers = True
+    check_peers_python(args)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     for name in ("peers.log", "loader.log", "synthetic.log"):
         (args.work_dir / name).write_text("")
@@ -975,14 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     res["elapsed_s"] = time.perf_counter() - t0
     res["load_after"] = os.getloadavg()
     log(f"loader benchmark done in {res['elapsed_s']:.0f} s")
-    md = markdown(res)
-    print(md)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    if args.md_out:
-        args.md_out.parent.mkdir(parents=True, exist_ok=True)
-        args.md_out.write_text(md + "\n")
+    from render import loader_markdown  # noqa: PLC0415 - the children need none of it
+
+    write_results(args, res, loader_markdown(res))
     return 0
 
 

@@ -24,7 +24,9 @@ Measured, each in a fresh process (see README.md, "What the remote numbers mean"
    directory as its "remote" (its Azure backend hard-codes ``https://<account>.blob.core.windows.net``)
    and, with that one line patched to the proxy, from Azurite too.
 
-Hidden subcommands (``_epochs``) are the child processes.
+Hidden subcommands (``_epochs``) are the child processes. The tables are made by
+``render.py``; Azurite, the shaping proxy and the plumbing shared with ``bench_loader.py``
+are in ``_common.py``.
 """
 
 from __future__ import annotations
@@ -34,198 +36,39 @@ import time
 T_MAIN = time.time()
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from _common import (  # noqa: E402
+    ACCOUNT,
+    BATCH,
+    CONTAINER,
+    DEFAULT_PEERS_PY,
+    DEV_KEY,
+    MB,
+    SEQ_LEN,
+    WORKERS,
+    Azurite,
+    check_peers_python,
+    conn_string,
+    du,
+    ensure_stream,
+    log,
+    make_proxy,
+    rss_peak_mib,
+    run_json,
+    upload,
+    write_results,
+)
+from render import remote_markdown, shaping  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-DEFAULT_PEERS_PY = HERE / ".venv-peers" / "bin" / "python"
 PEERS_SCRIPT = HERE / "peers" / "remote_peers.py"
-AZURITE_SH = ROOT / "scripts" / "azurite.sh"
-AZURITE_MAIN = Path(os.environ.get("FASTDATA_AZURITE_PREFIX", Path.home() / ".cache/fastdata/azurite")) \
-    / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
-SEQ_LEN, BATCH, WORKERS = 2048, 8, 2
-ACCOUNT = "devstoreaccount1"
-# Azurite's published development key: public, not a secret.
-DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-CONTAINER = "fdbench"
-MB = 1e6
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def conn_string(port: int) -> str:
-    return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={DEV_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};")
-
-
-def rss_peak_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def du(path: Path) -> int:
-    """Bytes of the files under ``path`` (LMDB bookkeeping excluded)."""
-    total = 0
-    for root, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.endswith(".lmdb")]
-        for n in files:
-            try:
-                total += os.lstat(os.path.join(root, n)).st_size
-            except FileNotFoundError:
-                pass
-    return total
-
-
-# ============================================================================ the proxy
-
-def _load_faultproxy():
-    """tests/_faultproxy.py, imported by path (the benchmark does not copy it)."""
-    spec = importlib.util.spec_from_file_location("_bench_faultproxy", ROOT / "tests" / "_faultproxy.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
-class Pacer:
-    """One token bucket for all of a proxy's server-to-client bytes (a node's link)."""
-
-    def __init__(self) -> None:
-        self.rate: float | None = None
-        self._t = 0.0
-
-    async def take(self, n: int) -> None:
-        import asyncio  # noqa: PLC0415
-
-        if not self.rate or n <= 0:
-            return
-        now = time.monotonic()
-        # no credit for idle time beyond 10 ms: the average never exceeds the rate
-        self._t = max(self._t, now - 0.01) + n / self.rate
-        if self._t > now:
-            await asyncio.sleep(self._t - now)
-
-
-class _PacedWriter:
-    """A StreamWriter whose drain() also waits for the proxy's shared bandwidth budget."""
-
-    def __init__(self, writer, pacer: Pacer) -> None:
-        self._w, self._pacer, self._n = writer, pacer, 0
-
-    def write(self, data: bytes) -> None:
-        self._n += len(data)
-        self._w.write(data)
-
-    async def drain(self) -> None:
-        await self._w.drain()
-        n, self._n = self._n, 0
-        await self._pacer.take(n)
-
-    def __getattr__(self, name: str):
-        return getattr(self._w, name)
-
-
-def make_proxy(target_port: int):
-    """A started FaultProxy in front of ``target_port`` with a proxy-wide bandwidth cap."""
-    fp = _load_faultproxy()
-
-    class LinkProxy(fp.FaultProxy):
-        def __init__(self, port: int) -> None:
-            super().__init__(port)
-            self.pacer = Pacer()
-
-        def shape(self, latency_s: float = 0.0, cap_bps: float | None = None) -> None:
-            self.faults.latency_s = latency_s
-            self.faults.rate_bps = None  # the per-connection cap stays off; the link cap is ours
-            self.pacer.rate = cap_bps
-
-        async def _pump(self, r, w, down, faulty, peer, conn):  # noqa: PLR0913 - the base signature
-            if down:
-                w = _PacedWriter(w, self.pacer)
-            return await super()._pump(r, w, down, faulty, peer, conn)
-
-    return LinkProxy(target_port).start()
-
-
-# ============================================================================ Azurite
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Azurite:
-    """An in-memory Azurite Blob service started (and stopped) by this benchmark."""
-
-    def __init__(self, work: Path, memory_mb: int) -> None:
-        subprocess.run(["bash", str(AZURITE_SH), "install"], check=True, stdout=subprocess.DEVNULL)
-        self.port = free_port()
-        self.dir = work / "azurite"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "azurite.log", "w") as logf:
-            self.proc = subprocess.Popen(
-                ["node", str(AZURITE_MAIN), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-                 "--inMemoryPersistence", "--extentMemoryLimit", str(memory_mb), "--skipApiVersionCheck",
-                 "--loose", "--disableTelemetry", "--silent"],
-                cwd=self.dir, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"azurite exited at start: {(self.dir / 'azurite.log').read_text()}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/{ACCOUNT}?comp=list", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break  # any HTTP answer means it is up
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise SystemExit("azurite not ready after 60 s") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def upload(conn: str, local: Path, remote: str) -> float:
-    """Copy the folder ``local`` to ``az://remote``; returns MB/s."""
-    import fsspec  # noqa: PLC0415
-
-    fs = fsspec.filesystem("az", connection_string=conn, skip_instance_cache=True)
-    container = remote.split("/", 1)[0]
-    if not fs.exists(container):
-        fs.mkdir(container)
-    t0 = time.perf_counter()
-    size = 0
-    for path in sorted(local.rglob("*")):
-        if path.is_file():
-            fs.put_file(str(path), f"{remote}/{path.relative_to(local).as_posix()}")
-            size += path.stat().st_size
-    return size / MB / (time.perf_counter() - t0)
 
 
 # ============================================================================ data
@@ -516,17 +359,14 @@ def phase_data_wait(args, proxy, url: str, latency: float, cap: float | None, ca
 
 def prepare_peers(args, dataset: Path, az_conn: str) -> dict:
     """Export the dataset's samples to MDS and LitData (cached) and upload them to Azurite."""
-    sys.path.insert(0, str(HERE))
-    import bench_loader  # noqa: PLC0415 - its stream export is the peers' input
-
     work = args.work_dir / "peers"
     work.mkdir(parents=True, exist_ok=True)
-    meta = bench_loader.ensure_stream(dataset, work)
+    meta = ensure_stream(dataset, work)
     cmd = [str(args.peers_python), str(HERE / "peers" / "loader_peers.py"), "export", "--stream",
            str(work / "stream.u16"), "--samples", str(meta["samples"]), "--seq-len", str(SEQ_LEN),
            "--out", str(work / "formats"), "--key", meta["xxh3_128"], "--systems", "mosaicml", "litdata"]
     log("exporting the samples to MDS and LitData (skipped when already done)")
-    r = bench_loader.run_json(cmd, timeout=1800, log_path=work / "export.log")
+    r = run_json(cmd, timeout=1800, log_path=work / "export.log")
     if "error" in r:
         return {"error": f"export failed: {r['error']}", "stderr": r.get("stderr", "")}
     up = {}
@@ -552,141 +392,6 @@ def phase_peer(args, system: str, source: str, proxy, latency: float, cap: float
         return r
     return {"latency_s": latency, "cap_bps": cap, "epochs": summarize_epochs(r), "cache_bytes": du(cache),
             "note": r.get("note", "")}
-
-
-# ============================================================================ report
-
-def fmt(x: float | None, spec: str = ".1f") -> str:
-    return "—" if x is None or x != x else format(x, spec)
-
-
-def shaping(latency: float, cap: float | None) -> str:
-    if not latency and not cap:
-        return "unshaped"
-    parts = [f"{latency * 1e3:.0f} ms latency"] if latency else []
-    if cap:
-        parts.append(f"{cap / MB:.0f} MB/s cap")
-    return " + ".join(parts)
-
-
-def epoch_rows(label: str, res: dict, local_tps: float | None, cap: float | None) -> list[str]:
-    if "error" in res:
-        return [f"| {label} | failed: {res['error']} | | | | | | |"]
-    rows = []
-    for i, e in enumerate(res["epochs"]):
-        kind = "cold" if i == 0 else "warm"
-        vs_cap = f"{e['mb_per_s'] * MB / cap:.0%}" if cap and e["bytes"] and i == 0 else "—"
-        vs_local = f"{e['tokens_per_s'] / local_tps:.2f}x" if local_tps else "—"
-        rows.append(f"| {label} | {kind} (epoch {i + 1}) | {e['wall_s']:.1f} | "
-                    f"{fmt(e['tokens_per_s'] / 1e6)} | "
-                    f"{fmt((e['bytes'] or 0) / MB, '.0f')} | {fmt(e['mb_per_s'])} | {vs_cap} | {vs_local} |")
-    return rows
-
-
-def markdown(res: dict) -> str:  # noqa: C901 - one table after another
-    info, a = res["dataset"], res["args"]
-    cap, lat = a["cap"], a["latency"]
-    L = ["### Remote streaming (Azurite behind a proxy)", ""]
-    L.append(f"Data: {info['tokens'] / 1e6:,.0f} M random uint16 tokens packed by `fastdata pack` into "
-             f"{info['shards']} shards of ~{a['shard_size']} ({info['bytes'] / MB:,.0f} MB), uploaded to "
-             f"an in-memory Azurite on loopback ({fmt(res.get('upload_mb_per_s'))} MB/s upload). Clients "
-             "reach it through a TCP proxy (`tests/_faultproxy.py`) with one bandwidth cap for the whole "
-             "link and a per-direction delay (a request costs at least 2x the latency). fastdata: "
-             "`TokenDataset(az://..., seq_len=2048, shuffle=True, cache_dir, cache_limit)` + "
-             "`fastdata.DataLoader(batch_size=8, num_workers=2)` (threads), a fresh process and a fresh "
-             f"node cache per row (cache limit {res['cache_limit'] / MB:,.0f} MB unless stated); epochs "
-             "timed from `iter(loader)` to the last batch; MB/s = bytes through the proxy during the epoch "
-             "/ epoch time.")
-    local = res.get("local", {})
-    local_tps = local.get("tokens_per_s")
-    L += ["", "| run | epoch | s | M tokens/s | MB down | MB/s | of cap | vs local dir |",
-          "|---|---|---:|---:|---:|---:|---:|---:|"]
-    if local_tps:
-        L.append(f"| local directory (mmap, page cache warm) | best of 2 | "
-                 f"{min(e['wall_s'] for e in local['epochs']):.1f} | {fmt(local_tps / 1e6)} | 0 | — | — "
-                 "| 1.00x |")
-    for key, label, c in (("unshaped", "Azurite, unshaped", None),
-                          ("shaped", f"Azurite, {shaping(lat, cap)}", cap)):
-        if key in res:
-            L += epoch_rows(label, res[key], local_tps, c)
-    sc = res.get("small_cache")
-    if sc and "error" in sc:
-        L += ["", f"**Small cache** failed: {sc['error']}"]
-    elif sc and sc.get("epochs"):
-        e = sc["epochs"][0]
-        share, part = sc["cache_limit"] / info["total_bytes"], e["consumed_bytes"] / info["bytes"]
-        L += ["", f"**Small cache** ({shaping(sc['latency_s'], sc['cap_bps'])}, cache limit "
-              f"{sc['cache_limit'] / MB:,.0f} MB = {share:.0%} of the dataset, cold, stopped after "
-              f"{e['wall_s']:.0f} s): {e['batches']:,} batches ({e['consumed_bytes'] / MB:,.1f} MB of "
-              f"tokens, {part:.0%} of an epoch) took {fmt((e['bytes'] or 0) / MB, '.0f')} MB of downloads "
-              f"at {fmt(e['mb_per_s'])} MB/s: **{fmt(e['amplification'], '.2f')} bytes downloaded per "
-              f"byte of samples** (with a cache that holds the dataset: about 1), "
-              f"{fmt(e['tokens_per_s'] / 1e6)} M tokens/s."]
-    tt = res.get("ttfb")
-    if tt:
-        ok = [r for r in tt["runs"] if "error" not in r]
-        L += ["", f"**Time to first batch** at {tt['latency_s'] * 1e3:.0f} ms latency (no cap), fresh "
-              f"cache and process, {len(ok)} runs: construction (manifest) + first batch "
-              + ", ".join(f"{r['construct_and_first_s']:.2f}" for r in ok) + " s (construction "
-              + ", ".join(f"{r['construct_s']:.2f}" for r in ok) + " s); from process spawn "
-              + ", ".join(f"{r['from_spawn_s']:.2f}" for r in ok) + " s."]
-        for r in tt["runs"]:
-            if "error" in r:
-                L.append(f"A run failed: {r['error']}")
-    tn = res.get("two_nodes")
-    if tn:
-        L += ["", f"**Two nodes** (2 processes, WORLD_SIZE=2, FASTDATA_NODE_ID 0/1, own cache and own "
-              f"proxy each, {shaping(tn['latency_s'], tn['cap_bps'])} per node), one epoch:", "",
-              "| node | MB downloaded | share of dataset | cache MB | batches | epoch s | MB/s |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-        for i, n in enumerate(tn["nodes"]):
-            if "error" in n:
-                L.append(f"| {i} | failed: {n['error']} | | | | | |")
-                continue
-            L.append(f"| {i} | {n['bytes'] / MB:,.0f} | {n['bytes'] / info['total_bytes']:.0%} | "
-                     f"{n['cache_bytes'] / MB:,.0f} | {n['batches']} | {n['wall_s']:.1f} | "
-                     f"{fmt(n['mb_per_s'])} |")
-        L.append("Target: about half the dataset per node per epoch.")
-    dw = res.get("data_wait")
-    if dw:
-        if "error" in dw:
-            L += ["", f"**Data wait** failed: {dw['error']}"]
-        else:
-            L += ["", f"**Data wait** ({shaping(dw['latency_s'], dw['cap_bps'])}, cold cache): a simulated "
-                  f"training step of {dw['step_s'] * 1e3:.0f} ms consuming {dw['tokens_per_step']:,} tokens "
-                  f"(8 x 2049), {dw['steps']} steps. First batch after {dw['first_batch_s']:.2f} s; then "
-                  f"{dw['wait_after_first_s'] * 1e3:.0f} ms of waiting in {dw['after_first_s']:.1f} s = "
-                  f"**{dw['share']:.2%}** of the time (target < 1 %), longest single wait "
-                  f"{dw['max_wait_s'] * 1e3:.1f} ms."]
-    pe = res.get("peers")
-    if pe:
-        L += ["", "#### Peers, same samples (8 x 2049 batches, 2 workers, shuffled)", ""]
-        if "error" in pe:
-            L.append(f"Peers not run: {pe['error']}")
-        else:
-            L += ["| system | source | epoch | s | M tokens/s | MB down | MB/s | of cap "
-                  "| vs fastdata (same source) |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-            for label, r in pe["runs"].items():
-                if "error" in r:
-                    L.append(f"| {label} | failed: {r['error']} | | | | | | | |")
-                    continue
-                ref = res.get(r.get("compare") or "", {})
-                for i, e in enumerate(r["epochs"]):
-                    c = r.get("cap_bps")
-                    vs_cap = f"{e['mb_per_s'] * MB / c:.0%}" if c and e["bytes"] and i == 0 else "—"
-                    ref_e = ref.get("epochs", [])
-                    vs = (f"{ref_e[i]['tokens_per_s'] / e['tokens_per_s']:.2f}x"
-                          if i < len(ref_e) and e["tokens_per_s"] else "—")
-                    kind = "cold" if i == 0 else "warm"
-                    L.append(f"| {label} | {r['source']} | {kind} | {e['wall_s']:.1f} | "
-                             f"{fmt(e['tokens_per_s'] / 1e6)} | {fmt((e['bytes'] or 0) / MB, '.0f')} | "
-                             f"{fmt(e['mb_per_s']) if e['bytes'] else '—'} | {vs_cap} | {vs} |")
-            L.append("")
-            L.append("\"vs fastdata\" = fastdata's tokens/s in the same epoch of the matching row above "
-                     "÷ the peer's (above 1: fastdata faster). " + " ".join(pe.get("notes", [])))
-    L.append("")
-    return "\n".join(L)
 
 
 # ============================================================================ main
@@ -811,22 +516,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--md-out", type=Path, default=None)
     args = ap.parse_args(argv)
-    if not args.no_peers and not args.peers_python.exists():
-        log(f"note: {args.peers_python} missing: running without peers (setup_peers.sh makes it)")
-        args.no_peers = True
+    check_peers_python(args)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res = run_all(args)
     res["elapsed_s"] = time.perf_counter() - t0
     log(f"remote benchmark done in {res['elapsed_s']:.0f} s")
-    md = markdown(res)
-    print(md)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    if args.md_out:
-        args.md_out.parent.mkdir(parents=True, exist_ok=True)
-        args.md_out.write_text(md + "\n")
+    write_results(args, res, remote_markdown(res))
     return 0
 
 
