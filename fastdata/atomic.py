@@ -80,7 +80,7 @@ def sweep_stale_temps(directory: str) -> list[str]:
     Returns:
         The names removed.
     """
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except FileNotFoundError:

@@ -212,7 +212,7 @@ class _Timed:
     def __exit__(self, *exc: object) -> None:
         index, started, nested = self.clock._open.pop()
         spent = time.perf_counter() - started
-        self.clock.seconds[index] += max(0.0, spent - nested)
+        self.clock.seconds[int(index)] += max(0.0, spent - nested)  # the index is stored as a number
         if self.clock._open:
             self.clock._open[-1][2] += spent
 

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         tok = dataset_tokenizer(ds)
         for i in range(min(args.docs, ds.num_docs)):
             ids = ds.doc(i)
-            text = tok.decode(ids) if tok else " ".join(map(str, ids[:64]))
+            text = tok.decode(ids.tolist()) if tok else " ".join(map(str, ids[:64]))
             more = "..." if len(text) > args.chars else ""
             print(f"--- document {i} ({len(ids):,} tokens) ---")
             print(text[: args.chars] + more)

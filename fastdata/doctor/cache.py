@@ -111,7 +111,7 @@ def _cache_space(options: DoctorOptions, manifest: Manifest | None) -> Check:
     free, cached = st.f_bavail * st.f_frsize, _disk_usage(root) if os.path.isdir(root) else 0
     values: dict[str, Any] = {"free": free, "cached": cached, "limit": limit}
     have = f"{format_size(free)} free" + (f" + {format_size(cached)} already cached" if cached else "")
-    problems = []
+    problems: list[str] = []
     if manifest is not None and len(manifest.shards):
         values["minimum"], problems = _dataset_needs(options, manifest, free + cached, have)
     if limit is not None and free + cached < limit:

@@ -26,8 +26,8 @@ def cpu_checks(options: DoctorOptions) -> list[Check]:
     import torch  # the threads a rank gets, with this environment
 
     threads, omp = torch.get_num_threads(), options.env.get("OMP_NUM_THREADS")
-    values = {"torch_threads": threads, "interop_threads": torch.get_num_interop_threads(),
-              "OMP_NUM_THREADS": omp}
+    thread_values = {"torch_threads": threads, "interop_threads": torch.get_num_interop_threads(),
+                     "OMP_NUM_THREADS": omp}
     detail = f"torch uses {threads} thread(s) per process (OMP_NUM_THREADS={omp or 'unset'})"
     if omp is None and ranks > 1:
         detail += " (torchrun sets OMP_NUM_THREADS=1 when it starts several ranks; other launchers do not)"
@@ -35,5 +35,6 @@ def cpu_checks(options: DoctorOptions) -> list[Check]:
         suggest = max(1, cores // ranks)
         return [cpu, Check("threads", WARN, f"{detail}: {ranks} rank(s) x {threads} = {threads * ranks} "
                            f"threads on {cores} cores oversubscribe the CPU; set OMP_NUM_THREADS={suggest}",
-                           values)]
-    return [cpu, Check("threads", PASS, f"{detail}, {threads * ranks} in all on {cores} cores", values)]
+                           thread_values)]
+    return [cpu, Check("threads", PASS, f"{detail}, {threads * ranks} in all on {cores} cores",
+                       thread_values)]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fastdata.errors import FastdataCacheError
 from fastdata.reader.files import count_retry, count_use, counted_fill, default_cache_dir, node_cache
 from fastdata.storage.download import RetryPolicy, download
 from fastdata.storage.plain_cache import open_plain_directory, plain_file, private_directory
@@ -104,6 +105,10 @@ class MegatronFiles:
         return handle.path, handle.release
 
     def _plain(self, index: int, name: str) -> tuple[str, bool]:
+        if self._dir is None:
+            raise FastdataCacheError(f"{self.root}: no plain cache directory is open for "
+                                     f"{self.store.describe(self.bin_name)} (it is read in place or "
+                                     "through the node cache)")
         return plain_file(self._dir, name, self.size(index), lambda dest: self.fill(index, dest))
 
     def fill(self, index: int, dest: str) -> None:

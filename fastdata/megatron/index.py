@@ -176,7 +176,7 @@ def _check_documents(path: str, documents: np.ndarray, num_seq: int, at: int) ->
 def _identity(buf: np.ndarray, bin_size: int) -> str:
     h = xxhash.xxh3_128(b"megatron-indexed-dataset/1/")
     h.update(str(bin_size).encode() + b"/")
-    h.update(memoryview(buf))
+    h.update(buf.data)  # ndarray.data is memoryview(buf)
     return h.hexdigest()
 
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fastdata import metrics
-from fastdata.errors import FastdataConfigError, FastdataIntegrityError
+from fastdata.errors import FastdataCacheError, FastdataConfigError, FastdataIntegrityError
 from fastdata.format.compression import decompress_shard
 from fastdata.format.hashing import hash_file
 from fastdata.format.manifest import Manifest, ShardInfo
@@ -166,18 +166,18 @@ class FastdataFiles:
             raise FastdataIntegrityError(f"{self.store.describe(info.name)}: the cached copy stays damaged")
         damaged = 0
         for _ in range(4):
-            filled: list[bool] = []
+            fetched: list[bool] = []
 
-            def fill(dest: str, info: ShardInfo = info, filled: list[bool] = filled) -> None:
+            def fill(dest: str, info: ShardInfo = info, fetched: list[bool] = fetched) -> None:
                 self.fill(info, dest)
-                filled.append(True)
+                fetched.append(True)
 
             handle = self._cache.acquire(self.namespace, raw_name, info.raw_bytes, fill, next_use=next_use)
-            if filled:
+            if fetched:
                 self._mark_checked(index)
-            verdict = True if filled else self._verified(index, info, handle.path)
+            verdict = True if fetched else self._verified(index, info, handle.path)
             if verdict:
-                count_use(bool(filled), ahead)
+                count_use(bool(fetched), ahead)
                 return handle.path, handle.release
             handle.release()
             if verdict is None:
@@ -211,6 +211,10 @@ class FastdataFiles:
 
     def _plain(self, info: ShardInfo, raw_name: str) -> tuple[str, bool]:
         """The shard's file in the plain directory, and whether it was fetched just now."""
+        if self._dir is None:
+            raise FastdataCacheError(f"{self.root}: no plain cache directory is open for "
+                                     f"{self.store.describe(info.name)} (it is read in place or "
+                                     "through the node cache)")
         return plain_file(self._dir, raw_name, info.raw_bytes, lambda dest: self.fill(info, dest))
 
     def fill(self, info: ShardInfo, dest: str) -> None:
@@ -238,9 +242,9 @@ class FastdataFiles:
                 download(self.store, info.name, packed, info.stored_bytes, info.xxh3_128, self.policy,
                          on_retry=count_retry)
             with metrics.stage("decompress"):
-                out = decompress_shard(packed, dest, info.raw_bytes, atomic=False)
-            if out.xxh3_128 != info.raw_xxh3_128:
-                raise mismatch(f"{where} (decompressed)", info.raw_xxh3_128, out.xxh3_128)
+                written = decompress_shard(packed, dest, info.raw_bytes, atomic=False)
+            if written.xxh3_128 != info.raw_xxh3_128:
+                raise mismatch(f"{where} (decompressed)", info.raw_xxh3_128, written.xxh3_128)
 
 
 def count_retry(attempt: int, error: BaseException) -> None:
