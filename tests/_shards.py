@@ -17,7 +17,8 @@ FIELDS = {
     "magic": (0, "8s"), "version": (8, "H"), "dtype": (10, "B"), "flags": (11, "B"),
     "header_crc32": (12, "I"), "num_docs": (16, "Q"), "num_tokens": (24, "Q"),
     "index_offset": (32, "Q"), "tokens_offset": (40, "Q"), "mask_offset": (48, "Q"),
-    "file_size": (56, "Q"),
+    "file_size": (56, "Q"), "block_size": (64, "Q"), "num_blocks": (72, "Q"),
+    "block_table_offset": (80, "Q"),
 }
 # What every native FormatError message contains.
 ERROR_RE = re.compile(r"field '([a-z_0-9]+(?:\[\d+\])?)' at byte (\d+)")
@@ -76,9 +77,10 @@ def reference_accepts(data: bytes) -> bool:
         return False
     (magic, version, dtype, flags, crc, num_docs, num_tokens, index_offset, tokens_offset,
      mask_offset, file_size) = struct.unpack_from("<8sHBBIQQQQQQ", data)
-    if magic != b"FDSHARD\0" or version != 1 or dtype not in DTYPES or flags & ~1:
+    if magic != b"FDSHARD\0" or version != 1 or dtype not in DTYPES or flags & ~3:
         return False
-    if any(data[64:HEADER_SIZE]) or file_size != len(data) or index_offset != HEADER_SIZE:
+    blocks = data[64:88] if flags & 2 else b""  # v1.1: block fields; reserved (zero) in v1
+    if any(data[64 + len(blocks):HEADER_SIZE]) or file_size != len(data) or index_offset != HEADER_SIZE:
         return False
     index_end = HEADER_SIZE + 8 * (num_docs + 1)  # Python ints cannot overflow
     tokens_end = tokens_offset + num_tokens * DTYPES[dtype].itemsize
@@ -93,9 +95,21 @@ def reference_accepts(data: bytes) -> bool:
         return False
     if end != file_size:
         return False
+    table = b""
+    if blocks:
+        block_size, num_blocks, table_offset = struct.unpack("<QQQ", blocks)
+        payload = file_size - tokens_offset
+        largest = max(4096, 1 << max(payload - 1, 0).bit_length())
+        if not (4096 <= block_size <= 64 << 20 and block_size & (block_size - 1) == 0
+                and block_size <= largest and num_blocks == -(-payload // block_size)):
+            return False
+        table_end = table_offset + 16 * num_blocks
+        if table_offset < index_end or table_offset % 8 or table_end > tokens_offset:
+            return False
+        table = data[table_offset:table_end]
     header = bytearray(data[:HEADER_SIZE])
     header[12:16] = b"\0\0\0\0"
-    if zlib.crc32(data[HEADER_SIZE:index_end], zlib.crc32(header)) != crc:
+    if zlib.crc32(table, zlib.crc32(data[HEADER_SIZE:index_end], zlib.crc32(header))) != crc:
         return False
     index = np.frombuffer(data, "<u8", num_docs + 1, HEADER_SIZE)
     return bool(index[0] == 0 and index[-1] == num_tokens and np.all(index[1:] >= index[:-1]))

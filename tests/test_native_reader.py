@@ -285,7 +285,8 @@ def _index(k):
 # (mutation, expected field, expected byte offset); the CRC is recomputed after each
 # mutation so that the named check, not the CRC, is what refuses the file.
 CORRUPTIONS = [
-    ({"flags": 2}, "flags", 11),
+    ({"flags": 4}, "flags", 11),
+    ({"flags": 2}, "block_size", 64),  # v1.1 flag on a v1 shard: its block fields are 0
     ({"flags": 1}, "mask_offset", 48),  # flag set but no mask section
     ({"mask_offset": 8192}, "mask_offset", 48),  # mask offset without the flag
     ({"index_offset": 136}, "index_offset", 32),

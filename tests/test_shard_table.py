@@ -34,7 +34,9 @@ def test_pack_writes_a_table_above_the_limit(tmp_path, monkeypatch):
                     "--shard-size", "2KB", "-q"], check=True, timeout=90)
     doc = json.loads((tmp_path / "table" / "manifest.json").read_text())
     assert "shards" not in doc and doc["shard_table"]["name"] == TABLE_NAME
-    assert (tmp_path / "table" / TABLE_NAME).stat().st_size == doc["shard_table"]["count"] * 64
+    # pack writes format v1.1: 96-byte records with each shard's metadata section
+    assert doc["shard_table"]["record_bytes"] == 96
+    assert (tmp_path / "table" / TABLE_NAME).stat().st_size == doc["shard_table"]["count"] * 96
     with fastdata.open_dataset(str(tmp_path / "inline")) as a, \
             fastdata.open_dataset(str(tmp_path / "table")) as b:
         assert a.manifest.fingerprint == b.manifest.fingerprint  # same content, same identity

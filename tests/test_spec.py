@@ -14,7 +14,8 @@ from fastdata.format import spec
 from fastdata.format.reader import open_shard
 
 FIELD_ORDER = ["magic", "version", "dtype", "flags", "header_crc32", "num_docs", "num_tokens",
-               "index_offset", "tokens_offset", "mask_offset", "file_size", "reserved"]
+               "index_offset", "tokens_offset", "mask_offset", "file_size", "block_size", "num_blocks",
+               "block_table_offset", "reserved"]
 DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"
 
 
@@ -41,7 +42,14 @@ def test_constants_match():
     assert native["page"] == spec.PAGE
     assert native["index_offset"] == spec.INDEX_OFFSET
     assert native["flag_loss_mask"] == spec.FLAG_LOSS_MASK
-    assert native["known_flags"] == spec.KNOWN_FLAGS
+    assert native["known_flags"] == spec.KNOWN_FLAGS == 3
+    assert native["flag_block_table"] == spec.FLAG_BLOCK_TABLE == 2
+    assert native["block_entry_size"] == spec.BLOCK_ENTRY_SIZE == 16
+    assert (native["min_block_size"], native["max_block_size"]) == (spec.MIN_BLOCK_SIZE, spec.MAX_BLOCK_SIZE)
+    offsets = native["field_offsets"]
+    assert (offsets["block_size"], offsets["num_blocks"], offsets["block_table_offset"]) == (
+        spec.BLOCK_SIZE_OFFSET, spec.NUM_BLOCKS_OFFSET, spec.BLOCK_TABLE_OFFSET_OFFSET)
+    assert offsets["reserved"] == spec.RESERVED_OFFSET
     assert native["dtype_codes"] == spec.DTYPE_CODES
     assert native["itemsizes"] == {code: dt.itemsize for code, dt in spec.DTYPES.items()}
     assert native["reserved_size"] == spec.HEADER_SIZE - native["field_offsets"]["reserved"]
@@ -64,3 +72,26 @@ def test_python_header_is_read_the_same_by_both(tmp_path):
             header.num_docs, header.num_tokens, header.file_size)
         assert shard.dtype == spec.DTYPE_NAMES[header.dtype_code]
         assert shard.has_loss_mask == bool(header.flags & spec.FLAG_LOSS_MASK)
+
+
+def test_v11_header_is_read_the_same_by_both(tmp_path):
+    """A v1.1 shard (block table after the index, CRC over it too) opens natively; the Python
+    header fields are where C++ and the docs say."""
+    from fastdata.format.writer import write_shard
+
+    tokens = (np.arange(30_000) * 7) % 60_000
+    mask = (np.arange(30_000) % 3 == 0).astype(np.uint8)
+    path = tmp_path / "b.fds"
+    written = write_shard(str(path), tokens, np.array([10_000, 20_000]), mask, "uint16", block_size=8192)
+    data = path.read_bytes()
+    header = spec.unpack_header(data[: spec.HEADER_SIZE])
+    payload = header.file_size - header.tokens_offset
+    assert header.flags == spec.FLAG_LOSS_MASK | spec.FLAG_BLOCK_TABLE
+    assert (header.block_size, header.num_blocks) == (8192, -(-payload // 8192))
+    assert header.block_table_offset == spec.INDEX_OFFSET + 3 * 8
+    table_end = header.block_table_offset + 16 * header.num_blocks
+    assert header.tokens_offset == written.meta_bytes == spec.align(table_end)
+    with open_shard(path) as shard:
+        assert (shard.num_docs, shard.num_tokens, shard.file_size, shard.has_loss_mask) == (
+            2, 30_000, header.file_size, True)
+        assert np.array_equal(np.asarray(shard.tokens(0, 30_000)), tokens)

@@ -58,6 +58,9 @@ py::dict format_constants() {
   offsets["tokens_offset"] = field::kTokensOffset;
   offsets["mask_offset"] = field::kMaskOffset;
   offsets["file_size"] = field::kFileSize;
+  offsets["block_size"] = field::kBlockSize;
+  offsets["num_blocks"] = field::kNumBlocks;
+  offsets["block_table_offset"] = field::kBlockTableOffset;
   offsets["reserved"] = field::kReserved;
   py::dict codes;
   py::dict itemsizes;
@@ -73,6 +76,10 @@ py::dict format_constants() {
   constants["index_offset"] = fmt::kIndexOffset;
   constants["flag_loss_mask"] = fmt::kFlagLossMask;
   constants["known_flags"] = fmt::kKnownFlags;
+  constants["flag_block_table"] = fmt::kFlagBlockTable;
+  constants["block_entry_size"] = fmt::kBlockEntrySize;
+  constants["min_block_size"] = fmt::kMinBlockSize;
+  constants["max_block_size"] = fmt::kMaxBlockSize;
   constants["dtype_codes"] = codes;
   constants["itemsizes"] = itemsizes;
   constants["field_offsets"] = offsets;

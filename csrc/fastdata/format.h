@@ -1,4 +1,6 @@
-// On-disk layout of a raw fastdata shard, format version 1 (docs/format.md).
+// On-disk layout of a raw fastdata shard, format version 1 and its minor version 1.1
+// (docs/format.md): v1.1 sets kFlagBlockTable and the three block fields that were reserved
+// bytes in v1; a block table of xxh3-128 digests follows the document index.
 //
 // This header is the C++ definition of the format; fastdata/format/spec.py is the Python
 // mirror and tests/test_spec.py checks that the two agree. Pure C++17, no Python.h.
@@ -21,7 +23,13 @@ inline constexpr std::uint8_t kDtypeUint16 = 1;
 inline constexpr std::uint8_t kDtypeUint32 = 2;
 
 inline constexpr std::uint8_t kFlagLossMask = 1;
-inline constexpr std::uint8_t kKnownFlags = kFlagLossMask;
+inline constexpr std::uint8_t kFlagBlockTable = 2;  // v1.1
+inline constexpr std::uint8_t kKnownFlags = kFlagLossMask | kFlagBlockTable;
+
+// v1.1 block table: one 16-byte xxh3-128 digest per payload block.
+inline constexpr std::uint64_t kBlockEntrySize = 16;
+inline constexpr std::uint64_t kMinBlockSize = 4096;
+inline constexpr std::uint64_t kMaxBlockSize = std::uint64_t{64} << 20;
 
 // Byte offset of each header field; error messages name the field and this offset.
 namespace field {
@@ -36,8 +44,11 @@ inline constexpr std::size_t kIndexOffset = 32;
 inline constexpr std::size_t kTokensOffset = 40;
 inline constexpr std::size_t kMaskOffset = 48;
 inline constexpr std::size_t kFileSize = 56;
-inline constexpr std::size_t kReserved = 64;
-inline constexpr std::size_t kReservedSize = 64;
+inline constexpr std::size_t kBlockSize = 64;         // v1.1; reserved (zero) in v1
+inline constexpr std::size_t kNumBlocks = 72;         // v1.1; reserved (zero) in v1
+inline constexpr std::size_t kBlockTableOffset = 80;  // v1.1; reserved (zero) in v1
+inline constexpr std::size_t kReserved = 88;
+inline constexpr std::size_t kReservedSize = 40;
 }  // namespace field
 
 // The header as it lies on disk (little-endian). Only used for the layout checks below:
@@ -54,6 +65,9 @@ struct ShardHeader {
   std::uint64_t tokens_offset;
   std::uint64_t mask_offset;
   std::uint64_t file_size;
+  std::uint64_t block_size;
+  std::uint64_t num_blocks;
+  std::uint64_t block_table_offset;
   std::uint8_t reserved[field::kReservedSize];
 };
 
@@ -69,6 +83,9 @@ static_assert(offsetof(ShardHeader, index_offset) == field::kIndexOffset);
 static_assert(offsetof(ShardHeader, tokens_offset) == field::kTokensOffset);
 static_assert(offsetof(ShardHeader, mask_offset) == field::kMaskOffset);
 static_assert(offsetof(ShardHeader, file_size) == field::kFileSize);
+static_assert(offsetof(ShardHeader, block_size) == field::kBlockSize);
+static_assert(offsetof(ShardHeader, num_blocks) == field::kNumBlocks);
+static_assert(offsetof(ShardHeader, block_table_offset) == field::kBlockTableOffset);
 static_assert(offsetof(ShardHeader, reserved) == field::kReserved);
 static_assert(kIndexOffset % kIndexEntrySize == 0, "index entries must be naturally aligned");
 

@@ -112,13 +112,18 @@ void ShardView::validate() {
   std::memset(header.data() + field::kHeaderCrc32, 0, sizeof(std::uint32_t));
   const std::uint64_t index_bytes = (num_docs_ + 1) * fmt::kIndexEntrySize;  // checked: no wrap
   file_->will_need(fmt::kIndexOffset, index_bytes);
-  const std::uint32_t computed =
+  std::uint32_t computed =
       crc32(data + fmt::kIndexOffset, index_bytes, crc32(header.data(), header.size()));
+  if (num_blocks_ != 0) {  // v1.1: the CRC covers the block table too (checked to lie inside)
+    computed = crc32(data + block_table_offset_, num_blocks_ * fmt::kBlockEntrySize, computed);
+  }
   const auto stored = fmt::load_le<std::uint32_t>(data + field::kHeaderCrc32);
   if (computed != stored) {
     fail("header_crc32", field::kHeaderCrc32,
          cat("CRC-32 mismatch: stored ", hex(stored), ", computed ", hex(computed),
-             " over the header and document index (the file is corrupt)"));
+             num_blocks_ != 0 ? " over the header, document index and block table"
+                              : " over the header and document index",
+             " (the file is corrupt)"));
   }
   validate_index();
 }
@@ -144,6 +149,14 @@ void ShardView::validate_fields(const std::uint8_t* h) {
   }
   for (std::size_t k = field::kReserved; k < field::kReserved + field::kReservedSize; ++k) {
     if (h[k] != 0) fail("reserved", k, cat("reserved byte is ", hex(h[k]), ", must be 0"));
+  }
+  if ((h[field::kFlags] & fmt::kFlagBlockTable) == 0) {  // v1: the block fields are reserved
+    for (std::size_t k = field::kBlockSize; k < field::kReserved; ++k) {
+      if (h[k] != 0) {
+        fail("reserved", k,
+             cat("reserved byte is ", hex(h[k]), ", must be 0 (the block_table flag is clear)"));
+      }
+    }
   }
   const auto declared = fmt::load_le<std::uint64_t>(h + field::kFileSize);
   if (declared != file_->size()) {
@@ -206,10 +219,62 @@ void ShardView::validate_sections(const std::uint8_t* h) {
     fail("file_size", field::kFileSize,
          cat("file_size is ", size, " but the last section ends at byte ", end));
   }
+  if ((h[field::kFlags] & fmt::kFlagBlockTable) != 0) validate_blocks(h, index_end);
   const std::uint8_t* data = file_->data();
   index_ = reinterpret_cast<const std::uint64_t*>(data + fmt::kIndexOffset);  // 8-byte aligned
   tokens_ = data + tokens_offset_;
   mask_ = has_mask ? data + mask_offset_ : nullptr;
+}
+
+// v1.1: the block size is a power of two in [kMinBlockSize, kMaxBlockSize] and no larger
+// than the payload needs, num_blocks cuts the payload [tokens_offset, file_size) into such
+// blocks, and the table lies between the document index and the payload. The table's
+// contents (the hashes) are not used here; the CRC covers them.
+void ShardView::validate_blocks(const std::uint8_t* h, std::uint64_t index_end) {
+  const std::uint64_t size = file_->size();
+  const std::uint64_t payload = size - tokens_offset_;  // tokens_offset_ <= size: checked
+  const auto block_size = fmt::load_le<std::uint64_t>(h + field::kBlockSize);
+  const bool pow2 = block_size != 0 && (block_size & (block_size - 1)) == 0;
+  if (!pow2 || block_size < fmt::kMinBlockSize || block_size > fmt::kMaxBlockSize) {
+    fail("block_size", field::kBlockSize,
+         cat("block_size is ", block_size, ", must be a power of two from ", fmt::kMinBlockSize,
+             " to ", fmt::kMaxBlockSize));
+  }
+  std::uint64_t largest = fmt::kMinBlockSize;
+  while (largest < payload) largest *= 2;  // payload < 2^63: the file is mapped
+  if (block_size > largest) {
+    fail("block_size", field::kBlockSize,
+         cat("block_size is ", block_size, ", larger than the shard: its ", payload,
+             "-byte payload needs at most ", largest));
+  }
+  const auto num_blocks = fmt::load_le<std::uint64_t>(h + field::kNumBlocks);
+  const std::uint64_t expected = payload / block_size + (payload % block_size != 0 ? 1 : 0);
+  if (num_blocks != expected) {
+    fail("num_blocks", field::kNumBlocks,
+         cat("num_blocks is ", num_blocks, ", but the ", payload, "-byte payload holds ", expected,
+             " blocks of ", block_size, " bytes"));
+  }
+  const auto table = fmt::load_le<std::uint64_t>(h + field::kBlockTableOffset);
+  // num_blocks <= payload / 4096 + 1, so the table size cannot wrap.
+  const std::uint64_t table_bytes = num_blocks * fmt::kBlockEntrySize;
+  if (table > size || table_bytes > size - table) {
+    fail("block_table_offset", field::kBlockTableOffset,
+         cat("the block table at byte ", table, " (", table_bytes,
+             " bytes) ends past the end of the ", size, "-byte file"));
+  }
+  if (table_bytes > tokens_offset_ || table > tokens_offset_ - table_bytes) {
+    fail("block_table_offset", field::kBlockTableOffset,
+         cat("the block table at byte ", table, " (", table_bytes,
+             " bytes) runs into the payload, which starts at byte ", tokens_offset_));
+  }
+  if (table < index_end || table % fmt::kIndexEntrySize != 0) {
+    fail("block_table_offset", field::kBlockTableOffset,
+         cat("block_table_offset is ", table, ", must be a multiple of 8 at or after the end of the ",
+             "document index (byte ", index_end, ")"));
+  }
+  block_size_ = block_size;
+  num_blocks_ = num_blocks;
+  block_table_offset_ = table;
 }
 
 // A raw view: the range lies inside the file, is aligned for its token type, and the

@@ -63,6 +63,7 @@ class ShardView {
   void validate();
   void validate_fields(const std::uint8_t* header);
   void validate_sections(const std::uint8_t* header);
+  void validate_blocks(const std::uint8_t* header, std::uint64_t index_end);
   void validate_index() const;
   void validate_raw(std::uint64_t byte_offset);
   [[noreturn]] void fail(const std::string& field, std::uint64_t byte_offset,
@@ -76,6 +77,9 @@ class ShardView {
   std::uint64_t itemsize_ = 0;
   std::uint64_t tokens_offset_ = 0;
   std::uint64_t mask_offset_ = 0;
+  std::uint64_t block_size_ = 0;  // v1.1 only
+  std::uint64_t num_blocks_ = 0;
+  std::uint64_t block_table_offset_ = 0;
   const std::uint64_t* index_ = nullptr;
   const void* tokens_ = nullptr;
   const std::uint8_t* mask_ = nullptr;

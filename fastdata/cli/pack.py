@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Ray cluster to run on with --engine ray, e.g. auto or ray://HEAD:10001 "
                         "(default: $RAY_ADDRESS, else a local Ray with --workers CPUs)")
     p.add_argument("--shard-size", default="256MB", help="target raw size of a shard (256MB)")
+    p.add_argument("--block-size", default="1MiB",
+                   help="bytes per verified block of a shard (format v1.1; a power of two, 1MB = 1 MiB), "
+                        "or none for format v1 shards without a block table (default 1MiB)")
     p.add_argument("--compression", choices=("none", "zstd"), default="none")
     p.add_argument("--dtype", choices=("auto", "uint16", "uint32"), default="auto")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",

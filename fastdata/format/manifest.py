@@ -20,8 +20,8 @@ import xxhash
 
 from fastdata.errors import FastdataFormatError
 from fastdata.format import shard_table
-from fastdata.format.shard_table import RECORD, TABLE_NAME, ShardInfo, ShardTable
-from fastdata.format.spec import DTYPE_CODES, MANIFEST_NAME, RAW_SUFFIX, VERSION, ZSTD_SUFFIX
+from fastdata.format.shard_table import RECORD, RECORD_V11, RECORDS, TABLE_NAME, ShardInfo, ShardTable
+from fastdata.format.spec import DTYPE_CODES, MANIFEST_NAME, MAX_BLOCK_SIZE, RAW_SUFFIX, VERSION, ZSTD_SUFFIX
 
 _HEX128 = re.compile(r"^[0-9a-f]{32}$")
 _MAX_NAME = 255
@@ -92,6 +92,8 @@ class Manifest:
         table = self.shards.records.tobytes()
         ref = {"name": TABLE_NAME, "count": len(self.shards), "bytes": len(table),
                "xxh3_128": xxhash.xxh3_128_hexdigest(table)}
+        if self.shards.records.dtype.itemsize != RECORD.itemsize:
+            ref["record_bytes"] = self.shards.records.dtype.itemsize
         return self.to_json(table=ref), table
 
     def to_json(self, table: Mapping[str, Any] | None = None) -> str:
@@ -116,7 +118,7 @@ class Manifest:
             "provenance": dict(self.provenance),
         }
         if table is None:
-            doc["shards"] = [asdict(s) for s in shards]
+            doc["shards"] = [s.to_dict() for s in shards]
         else:
             doc["shard_table"] = dict(table)
         return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=True) + "\n"
@@ -220,9 +222,25 @@ def _parse_shards(entries: object, where: str) -> list[ShardInfo]:
                 tokens=_count(entry, "tokens", here),
                 xxh3_128=_digest(entry, "xxh3_128", here),
                 raw_xxh3_128=_digest(entry, "raw_xxh3_128", here),
+                **_block_fields(entry, here),
             )
         )
     return shards
+
+
+def _block_fields(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A v1.1 entry's metadata record, or nothing for a v1 entry."""
+    if not any(k in entry for k in ("meta_bytes", "meta_xxh3_128", "block_size")):
+        return {}
+    meta, size = _count(entry, "meta_bytes", where), _count(entry, "block_size", where)
+    if not 0 < meta <= entry.get("stored_bytes", 0):
+        raise FastdataFormatError(f"{where}: field 'meta_bytes' is {meta}, must be from 1 to the "
+                                  "shard's stored_bytes")
+    if not 0 < size <= MAX_BLOCK_SIZE:
+        raise FastdataFormatError(f"{where}: field 'block_size' is {size}, must be from 1 to "
+                                  f"{MAX_BLOCK_SIZE}")
+    return {"meta_bytes": meta, "block_size": size,
+            "meta_xxh3_128": _digest(entry, "meta_xxh3_128", where)}
 
 
 def parse_manifest(text: str | bytes, source: str, *, allow_incomplete: bool = False,
@@ -296,8 +314,13 @@ def _shard_table(doc: Mapping[str, Any], source: str, compressed: bool,
         raise FastdataFormatError(f"{where}: field 'name' must be {TABLE_NAME!r}, got {name!r}")
     count, size = _count(ref, "count", where), _count(ref, "bytes", where)
     digest = _digest(ref, "xxh3_128", where)
-    if size != count * RECORD.itemsize:
-        raise FastdataFormatError(f"{where}: {count} shards need {count * RECORD.itemsize} bytes, "
+    record_bytes = ref.get("record_bytes", RECORD.itemsize)
+    if record_bytes not in RECORDS or isinstance(record_bytes, bool):
+        raise FastdataFormatError(f"{where}: field 'record_bytes' is {record_bytes!r}, must be "
+                                  f"{RECORD.itemsize} (v1) or {RECORD_V11.itemsize} (v1.1)")
+    dtype = RECORDS[record_bytes]
+    if size != count * dtype.itemsize:
+        raise FastdataFormatError(f"{where}: {count} shards need {count * dtype.itemsize} bytes, "
                                   f"field 'bytes' says {size}")
     if read_table is None:
         raise FastdataFormatError(f"{where}: this manifest keeps its shards in {name}; read it "
@@ -308,14 +331,18 @@ def _shard_table(doc: Mapping[str, Any], source: str, compressed: bool,
     actual = xxhash.xxh3_128_hexdigest(memoryview(data))
     if actual != digest:
         raise FastdataFormatError(f"{where}: {name} hashes to {actual}, the manifest says {digest}")
-    records = np.frombuffer(data, dtype=RECORD)
-    for column in _COUNTED:
-        bad = np.flatnonzero(records[column] > MAX_COUNT)
+    records = np.frombuffer(data, dtype=dtype)
+    limits = {c: (MAX_COUNT, str(MAX_COUNT)) for c in _COUNTED}
+    if dtype is RECORD_V11:
+        limits["block_size"] = (MAX_BLOCK_SIZE, str(MAX_BLOCK_SIZE))
+        limits["meta_bytes"] = (records["stored_bytes"], "the shard's stored_bytes")
+    for column, (limit, shown) in limits.items():
+        bad = np.flatnonzero(records[column] > limit)
         if len(bad):
             i = int(bad[0])
             raise FastdataFormatError(
-                f"{where}: {name} record {i} (byte {i * RECORD.itemsize + RECORD.fields[column][1]}) "
-                f"field {column!r} is {int(records[column][i])}, above the largest accepted ({MAX_COUNT})")
+                f"{where}: {name} record {i} (byte {i * dtype.itemsize + dtype.fields[column][1]}) "
+                f"field {column!r} is {int(records[column][i])}, above the largest accepted ({shown})")
     return ShardTable(records, None, compressed)
 
 

@@ -6,12 +6,16 @@ little-endian record per shard (stored bytes, raw bytes, docs, tokens as u64, th
 two 16-byte xxh3-128 digests), named ``shard-{index:05d}.fds`` (or ``.fds.zst``). The
 sidecar is memory-mapped when local and checked against its size and hash in the
 manifest before use. Either way the in-memory form is the same :class:`ShardTable`.
+
+Format v1.1 adds three columns per shard (metadata section size, block size, metadata
+xxh3-128): a dataset with any v1.1 shard uses the 96-byte :data:`RECORD_V11` (its manifest's
+``shard_table`` says ``"record_bytes": 96``); a v1 dataset keeps the 64-byte :data:`RECORD`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -19,8 +23,13 @@ from fastdata.format.spec import RAW_SUFFIX, ZSTD_SUFFIX
 
 INLINE_LIMIT = 10_000
 TABLE_NAME = "shards.bin"
-RECORD = np.dtype([("stored_bytes", "<u8"), ("raw_bytes", "<u8"), ("docs", "<u8"), ("tokens", "<u8"),
-                   ("xxh3_128", "V16"), ("raw_xxh3_128", "V16")])
+_V1_FIELDS = [("stored_bytes", "<u8"), ("raw_bytes", "<u8"), ("docs", "<u8"), ("tokens", "<u8"),
+              ("xxh3_128", "V16"), ("raw_xxh3_128", "V16")]
+RECORD = np.dtype(_V1_FIELDS)
+RECORD_V11 = np.dtype([*_V1_FIELDS, ("meta_bytes", "<u8"), ("block_size", "<u8"), ("meta_xxh3_128", "V16")])
+RECORDS = {RECORD.itemsize: RECORD, RECORD_V11.itemsize: RECORD_V11}
+#: The per-shard fields of format v1.1 (absent, or 0 and "", for a v1 shard).
+BLOCK_FIELDS = ("meta_bytes", "block_size", "meta_xxh3_128")
 
 
 def pattern_name(index: int, compressed: bool) -> str:
@@ -42,10 +51,25 @@ class ShardInfo:
     tokens: int
     xxh3_128: str
     raw_xxh3_128: str
+    meta_bytes: int = 0  #: v1.1: size of the metadata section [0, meta_bytes); 0 for v1
+    meta_xxh3_128: str = ""  #: v1.1: xxh3-128 of the metadata section
+    block_size: int = 0  #: v1.1: bytes per block (zstd: raw bytes per frame)
 
     @property
     def compressed(self) -> bool:
         return self.name.endswith(ZSTD_SUFFIX)
+
+    @property
+    def has_block_table(self) -> bool:
+        return self.meta_bytes > 0
+
+    def to_dict(self) -> dict[str, object]:
+        """The manifest entry: a v1 shard's has no block fields, so v1 manifests are unchanged."""
+        d = asdict(self)
+        if not self.meta_bytes:
+            for key in BLOCK_FIELDS:
+                del d[key]
+        return d
 
 
 class ShardTable(Sequence[ShardInfo]):
@@ -58,12 +82,22 @@ class ShardTable(Sequence[ShardInfo]):
 
     @classmethod
     def from_infos(cls, infos: Sequence[ShardInfo], compressed: bool) -> ShardTable:
-        records = np.zeros(len(infos), dtype=RECORD)
+        blocks = any(s.meta_bytes for s in infos)
+        records = np.zeros(len(infos), dtype=RECORD_V11 if blocks else RECORD)
         for field in ("stored_bytes", "raw_bytes", "docs", "tokens"):
             records[field] = [getattr(s, field) for s in infos]
         records["xxh3_128"] = _digest_bytes([s.xxh3_128 for s in infos])
         records["raw_xxh3_128"] = _digest_bytes([s.raw_xxh3_128 for s in infos])
+        if blocks:
+            records["meta_bytes"] = [s.meta_bytes for s in infos]
+            records["block_size"] = [s.block_size for s in infos]
+            records["meta_xxh3_128"] = _digest_bytes([s.meta_xxh3_128 or "0" * 32 for s in infos])
         return cls(records, [s.name for s in infos], compressed)
+
+    @property
+    def has_block_fields(self) -> bool:
+        """Whether the records carry the v1.1 columns."""
+        return self.records.dtype.names is not None and "meta_bytes" in self.records.dtype.names
 
     def __len__(self) -> int:
         return len(self.records)
@@ -76,8 +110,12 @@ class ShardTable(Sequence[ShardInfo]):
             raise IndexError(f"shard {index} out of range for {len(self)} shards")
         index %= len(self)
         r = self.records[index]
+        extra: tuple[int, str, int] = (0, "", 0)
+        if self.has_block_fields and int(r["meta_bytes"]):
+            extra = (int(r["meta_bytes"]), bytes(r["meta_xxh3_128"]).hex(), int(r["block_size"]))
         return ShardInfo(self.name(index), int(r["stored_bytes"]), int(r["raw_bytes"]), int(r["docs"]),
-                         int(r["tokens"]), bytes(r["xxh3_128"]).hex(), bytes(r["raw_xxh3_128"]).hex())
+                         int(r["tokens"]), bytes(r["xxh3_128"]).hex(), bytes(r["raw_xxh3_128"]).hex(),
+                         *extra)
 
     def __iter__(self) -> Iterator[ShardInfo]:
         return (self[i] for i in range(len(self)))

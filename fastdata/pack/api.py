@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from fastdata.errors import FastdataConfigError
 from fastdata.pack import pipeline
+from fastdata.pack.config import parse_block_size
 from fastdata.pack.encode import EncodeOptions
 from fastdata.pack.pipeline import PackConfig, PackProgress, PackResult
 from fastdata.pack.records import RecordSource, source_name
@@ -44,6 +45,7 @@ class PackOptions(TypedDict, total=False):
     wds_member: str | None
     workers: int  #: default: all cores
     shard_size: int | str  #: bytes, or "256MB"
+    block_size: int | str | None  #: format v1.1 block size, "1MiB" (default); None / "none": v1
     compression: str | None  #: None / "none" or "zstd"
     dtype: str  #: auto | uint16 | uint32
     on_error: str  #: raise | skip
@@ -57,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "tokenizer": "bytes", "text_field": "text", "text_mode": "file", "chat": False,
     "messages_field": "messages", "pretokenized": False, "vocab_size": None, "eos_id": None,
     "bos_id": None, "eos_token": None, "bos_token": None, "no_eos": False, "bos": False,
-    "wds_member": None, "workers": None, "shard_size": "256MB", "compression": None,
+    "wds_member": None, "workers": None, "shard_size": "256MB", "block_size": "1MiB", "compression": None,
     "dtype": "auto", "on_error": "raise", "overwrite": False, "storage_options": None,
     "engine": "local", "ray_address": None,
 }
@@ -96,7 +98,7 @@ def build_config(inputs: Iterable[str | os.PathLike[str]], output: str | os.Path
         inputs=tuple(os.fspath(i) for i in inputs), output=os.fspath(output), encode=encode,
         workers=o["workers"] or os.cpu_count() or 1, shard_size=parse_size(o["shard_size"]),
         compression=compression, dtype=o["dtype"], overwrite=o["overwrite"],
-        storage_options=dict(o["storage_options"] or {}),
+        storage_options=dict(o["storage_options"] or {}), block_size=parse_block_size(o["block_size"]),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -10,10 +11,13 @@ from typing import Any
 
 from fastdata.errors import FastdataConfigError
 from fastdata.format.manifest import Manifest
-from fastdata.format.spec import DTYPE_CODES, dtype_for_vocab
+from fastdata.format.spec import DTYPE_CODES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, dtype_for_vocab, is_power_of_two
 from fastdata.pack.encode import EncodeOptions
+from fastdata.units import parse_size
 
 DEFAULT_SHARD_SIZE = 256 << 20
+#: Bytes per block of a v1.1 shard's block table (docs/format.md).
+DEFAULT_BLOCK_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,8 @@ class PackConfig:
     dtype: str = "auto"  #: "auto", "uint16" or "uint32"
     overwrite: bool = False  #: replace a finished dataset at ``output``
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    #: Format v1.1 block size (a power of two, 4 KiB to 64 MiB); None writes v1 shards.
+    block_size: int | None = DEFAULT_BLOCK_SIZE
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -39,6 +45,30 @@ class PackConfig:
             raise FastdataConfigError(f"unknown compression {self.compression!r}; use zstd")
         if self.dtype not in ("auto", *DTYPE_CODES):
             raise FastdataConfigError(f"unknown dtype {self.dtype!r}; use auto, uint16 or uint32")
+        if self.block_size is not None and not (
+                is_power_of_two(self.block_size) and MIN_BLOCK_SIZE <= self.block_size <= MAX_BLOCK_SIZE):
+            raise FastdataConfigError(f"block size must be a power of two from {MIN_BLOCK_SIZE} to "
+                                      f"{MAX_BLOCK_SIZE} bytes (or none for format v1), "
+                                      f"got {self.block_size}")
+
+
+def parse_block_size(value: str | int | None) -> int | None:
+    """The block size meant by ``value``: bytes, a size such as "1MiB", or None / "none" for
+    format v1 shards. Decimal units name the power of two they approximate: "1MB" is 1 MiB.
+
+    Raises:
+        FastdataConfigError: not a size, or not within 5 % of a power of two.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "v1")):
+        return None
+    n = parse_size(value)
+    if n <= 0:
+        raise FastdataConfigError(f"block size must be positive, got {value!r} (use none for format v1)")
+    nearest = 1 << round(math.log2(n))
+    if abs(n - nearest) > 0.05 * nearest:
+        raise FastdataConfigError(f"block size {value!r} is {n} bytes, not a power of two; use e.g. "
+                                  "1MiB, 4MiB or 64KiB")
+    return nearest
 
 
 @dataclass

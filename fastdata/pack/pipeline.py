@@ -85,7 +85,7 @@ class _ShardSink:
 
     def __init__(self, config: PackConfig, store: Store, dtype: str, journal: _Journal) -> None:
         self.store, self.journal = store, journal
-        self.form = ShardForm(dtype, config.encode.read.chat, config.compression)
+        self.form = ShardForm(dtype, config.encode.read.chat, config.compression, config.block_size)
         self.cutter = ShardCutter(target_tokens(config.shard_size, dtype))
         self.pending: deque[_Segment] = deque()
         self.staging = tempfile.mkdtemp(prefix="fastdata-pack-")
@@ -181,6 +181,7 @@ def _job_fingerprint(config: PackConfig, files: Sequence[InputFile], tokenizer_f
         "add_eos": config.encode.add_eos, "add_bos": config.encode.add_bos,
         "on_error": "skip" if config.encode.skip_bad else "raise",
         "shard_size": config.shard_size, "compression": config.compression, "dtype": dtype,
+        "block_size": config.block_size,
     }
     job: dict[str, Any] = {"inputs": inputs, "args": args, "tokenizer": tokenizer_fp, "block": BLOCK_BYTES}
     if any(f.etag for f in files):  # a remote input replaced since the interrupted run

@@ -243,8 +243,8 @@ def pack_on_ray(config: PackConfig, options: RayOptions | None = None,
     if store.allow_insecure:
         storage_options["allow_insecure"] = True
     env = (*TASK_ENV.items(), *((k, os.environ.get(k)) for k in _FORWARDED_ENV))
-    area = Area(config.output, plan.job, ShardForm(plan.dtype, config.encode.read.chat,
-                                                      config.compression), storage_options, env,
+    form = ShardForm(plan.dtype, config.encode.read.chat, config.compression, config.block_size)
+    area = Area(config.output, plan.job, form, storage_options, env,
                 inputs=(plan.inputs.spec()[0], storage_options))
     totals = PackProgress()
     started = _connect(ray, config, options)

@@ -74,6 +74,7 @@ class ShardForm:
     dtype: str  #: "uint16" or "uint32"
     chat: bool  #: shards carry a loss mask
     compression: str | None  #: None or "zstd"
+    block_size: int | None = None  #: format v1.1 block size (zstd: raw bytes per frame); None: v1
 
 
 def publish_shard(store: Store, form: ShardForm, index: int, docs: TaskResult,
@@ -96,14 +97,17 @@ def publish_shard(store: Store, form: ShardForm, index: int, docs: TaskResult,
     direct = store.local and form.compression is None
     raw_path = store.path(raw_name) if direct else os.path.join(staging, raw_name)
     try:
-        raw = write_shard(raw_path, tokens, lengths, mask, form.dtype)
+        raw = write_shard(raw_path, tokens, lengths, mask, form.dtype, form.block_size)
     except OSError as e:
         raise FastdataIOError(f"writing {raw_path} failed: {e.strerror or e}") from None
     name, stored = raw_name, raw
     if form.compression == "zstd":
         name = raw_name + ".zst"
         final = store.path(name) if store.local else os.path.join(staging, name)
-        stored = compress_shard(raw_path, final)
+        if form.block_size is None:
+            stored = compress_shard(raw_path, final, frame_hashes=False)
+        else:
+            stored = compress_shard(raw_path, final, block_size=form.block_size)
         os.unlink(raw_path)
         raw_path = final
     if not (store.local and raw_path == store.path(name)):
@@ -112,7 +116,8 @@ def publish_shard(store: Store, form: ShardForm, index: int, docs: TaskResult,
         if os.path.exists(raw_path):
             os.unlink(raw_path)
     return ShardInfo(name, stored.size, raw.size, len(lengths), len(tokens),
-                     stored.xxh3_128, raw.xxh3_128)
+                     stored.xxh3_128, raw.xxh3_128, stored.meta_bytes, stored.meta_xxh3_128,
+                     stored.block_size)
 
 
 class ShardPlanner:
