@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import xxhash
 
@@ -35,6 +36,7 @@ from fastdata.storage.remote import ObjectChangedError, Store, redact
 
 log = logging.getLogger(__name__)
 PERMANENT_STATUS = (400, 401, 403, 404)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -248,8 +250,8 @@ def _free_bytes(path: str) -> int:
         return -1
 
 
-def retrying(what: str, call: Callable[[], bytes], policy: RetryPolicy | None = None) -> bytes:
-    """``call()`` with the policy's retries for transient errors (small objects: manifests)."""
+def retrying(what: str, call: Callable[[], T], policy: RetryPolicy | None = None) -> T:
+    """``call()`` with the policy's retries for transient errors (small objects: manifests, ETags)."""
     policy = policy or RetryPolicy()
     attempt = 1
     while True:
