@@ -353,3 +353,77 @@ def test_block_size_option_and_cli(tmp_path):
         else:  # 8 KB shards: the full ones have 8 KiB blocks, a short last one may need fewer
             assert doc["shards"][0]["block_size"] == 8192
             assert all(4096 <= s["block_size"] <= 8192 for s in doc["shards"])
+
+
+# -- fastdata verify ---------------------------------------------------------------------
+
+def _corrupt_block(path: Path, block: int, table) -> tuple[int, int]:
+    start, end = table.byte_range(block)
+    data = bytearray(path.read_bytes())
+    data[start + (end - start) // 3] ^= 0x10
+    path.write_bytes(bytes(data))
+    return start, end
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_verify_names_the_bad_block_and_its_byte_range(tmp_path, compression):
+    out, result = _pack(tmp_path, "ds", block_size=4096, compression=compression)
+    cli = [sys.executable, "-P", "-m", "fastdata.cli.main", "verify", out]
+    ok = subprocess.run(cli, capture_output=True, text=True, timeout=90)
+    n = len(result.manifest.shards)
+    assert ok.returncode == 0 and f"{n} of {n} shards OK" in ok.stdout
+    victim = next(s for s in result.manifest.shards if len(read_meta(os.path.join(out, s.name), s)) >= 2)
+    table = read_meta(os.path.join(out, victim.name), victim)
+    start, end = _corrupt_block(Path(out) / victim.name, 1, table)
+    bad = subprocess.run(cli, capture_output=True, text=True, timeout=90)
+    assert bad.returncode == 1 and bad.stdout.count("BAD ") == 1
+    line = next(x for x in bad.stdout.splitlines() if x.startswith("BAD "))
+    assert line.startswith(f"BAD {victim.name}: 1 of {len(table)} blocks are bad: {victim.name}: block 1 "
+                           f"(bytes [{start}, {end})"), line
+    assert victim.xxh3_128 in line  # the whole-shard mismatch is reported too
+
+
+def test_verify_refuses_a_block_table_that_disagrees_with_the_manifest(tmp_path):
+    out, result = _pack(tmp_path, "ds", block_size=4096)
+    victim = result.manifest.shards[3]
+    path = Path(out) / victim.name
+    data = bytearray(path.read_bytes())
+    data[spec.unpack_header(bytes(data[:128])).block_table_offset] ^= 1
+    path.write_bytes(bytes(data))
+    from fastdata.reader.verify import verify_dataset
+
+    _, problems = verify_dataset(out)
+    assert [p.name for p in problems] == [victim.name]
+    assert f"metadata section [0, {victim.meta_bytes}) hashes to" in problems[0].message
+    assert "'meta_xxh3_128'" in problems[0].message
+
+
+def test_verify_over_http_names_the_bad_block_with_ranged_reads(tmp_path):
+    from _rangeserver import RangeServer
+
+    from fastdata.reader.verify import verify_dataset
+
+    out, result = _pack(tmp_path, "ds", block_size=4096)
+    victim = result.manifest.shards[2]
+    table = read_meta(os.path.join(out, victim.name), victim)
+    start, end = _corrupt_block(Path(out) / victim.name, len(table) - 1, table)
+    with RangeServer(str(tmp_path)) as server:
+        _, problems = verify_dataset(f"http://127.0.0.1:{server.port}/ds",
+                                     storage_options={"allow_insecure": True})
+    assert [p.name for p in problems] == [victim.name]
+    assert f"block {len(table) - 1} (bytes [{start}, {end})) hashes to" in problems[0].message
+
+
+def test_a_v1_dataset_still_verifies_whole(tmp_path):
+    from fastdata.reader.verify import verify_dataset
+
+    out, result = _pack(tmp_path, "v1", block_size=None)
+    assert verify_dataset(out)[1] == []
+    victim = result.manifest.shards[1]
+    path = Path(out) / victim.name
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    _, problems = verify_dataset(out)
+    assert [p.name for p in problems] == [victim.name] and victim.xxh3_128 in problems[0].message
+    assert "block" not in problems[0].message

@@ -15,9 +15,10 @@ of a value read from the file happens before anything sized by that value is all
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -270,24 +271,51 @@ def _decompress(frame: bytes, expected: int) -> bytes:
         return reader.read(expected + 1)
 
 
-def verify_blocks(path: str, table: BlockTable) -> list[BadBlock]:
-    """Check every block of the local file at ``path``; the blocks that do not match."""
-    bad = []
-    with open(path, "rb") as f:
-        for i in range(len(table)):
-            start, end = table.byte_range(i)
-            f.seek(start)
-            data = f.read(end - start)
+#: verify_blocks reads up to this many bytes at a time (whole blocks).
+READ_BYTES = 64 << 20
+
+
+def _check_one(table: BlockTable, i: int, data: bytes) -> BadBlock | None:
+    start, end = table.byte_range(i)
+    try:
+        if table.compressed:
             try:
-                if table.compressed:
-                    try:
-                        data = _decompress(data, int(table.raw_lengths[i]))
-                    except zstandard.ZstdError as e:
-                        raise FastdataIntegrityError(f"{table.name}: block {i} (bytes [{start}, "
-                                                     f"{end})) is not a valid zstd frame: {e}") from None
-                verify_block(table, i, data)
-            except FastdataIntegrityError as e:
-                bad.append(BadBlock(i, start, end, str(e)))
+                data = _decompress(data, int(table.raw_lengths[i]))
+            except zstandard.ZstdError as e:
+                raise FastdataIntegrityError(f"{table.name}: block {i} (bytes [{start}, {end})) is not "
+                                             f"a valid zstd frame: {e}") from None
+        verify_block(table, i, data)
+    except FastdataIntegrityError as e:
+        return BadBlock(i, start, end, str(e))
+    return None
+
+
+def verify_blocks(source: str | Callable[[int, int], bytes], table: BlockTable) -> list[BadBlock]:
+    """Check every block of a shard; the blocks that do not match, in order.
+
+    Args:
+        source: the local file's path, or ``read(start, end)`` returning those bytes of the
+            stored shard (a ranged GET); called for runs of whole blocks of at most
+            ``READ_BYTES`` (one block when a block is larger).
+        table: the shard's block table (:func:`check_meta`).
+    """
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            return verify_blocks(lambda a, b: os.pread(f.fileno(), b - a, a), table)
+    bad = []
+    i = 0
+    while i < len(table):
+        j = i + 1
+        while j < len(table) and table.byte_range(j)[1] - table.byte_range(i)[0] <= READ_BYTES:
+            j += 1
+        base = table.byte_range(i)[0]
+        data = source(base, table.byte_range(j - 1)[1])
+        for k in range(i, j):
+            start, end = table.byte_range(k)
+            problem = _check_one(table, k, data[start - base:end - base])
+            if problem is not None:
+                bad.append(problem)
+        i = j
     return bad
 
 
