@@ -16,6 +16,12 @@ class FastdataError(Exception):
 class FastdataFormatError(FastdataError, ValueError):
     """A shard, manifest or state file is malformed, truncated or from a newer version."""
 
+    # Set (not defaulted) on errors about one field of a file: the native reader's, and the
+    # Megatron index's (``fastdata.megatron.index.format_error``).
+    path: str
+    field: str
+    byte_offset: int
+
 
 class FastdataIntegrityError(FastdataFormatError):
     """Bytes do not match the size or hash recorded for them."""

@@ -39,7 +39,7 @@ _CHUNK = 1 << 22
 def format_error(path: str, field: str, byte_offset: int, message: str) -> FastdataFormatError:
     """A FastdataFormatError worded and annotated like the native reader's."""
     error = FastdataFormatError(f"{path}: field '{field}' at byte {byte_offset}: {message}")
-    error.path, error.field, error.byte_offset = path, field, byte_offset  # type: ignore[attr-defined]
+    error.path, error.field, error.byte_offset = path, field, byte_offset
     return error
 
 
