@@ -427,3 +427,13 @@ def test_a_v1_dataset_still_verifies_whole(tmp_path):
     _, problems = verify_dataset(out)
     assert [p.name for p in problems] == [victim.name] and victim.xxh3_128 in problems[0].message
     assert "block" not in problems[0].message
+
+
+def test_an_empty_payload_has_no_blocks(tmp_path):
+    path = str(tmp_path / "e.fds")
+    w = write_shard(path, np.zeros(0, np.int64), np.array([0, 0]), None, "uint32", block_size=1 << 20)
+    assert (w.size, w.meta_bytes, w.block_size) == (4096, 4096, 4096)
+    table = read_meta(path, info_of("e.fds", w, docs=2, tokens=0))
+    assert len(table) == 0 and verify_blocks(path, table) == []
+    with open_shard(path) as shard:
+        assert (shard.num_docs, shard.num_tokens) == (2, 0)

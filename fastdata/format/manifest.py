@@ -332,7 +332,8 @@ def _shard_table(doc: Mapping[str, Any], source: str, compressed: bool,
     if actual != digest:
         raise FastdataFormatError(f"{where}: {name} hashes to {actual}, the manifest says {digest}")
     records = np.frombuffer(data, dtype=dtype)
-    limits = {c: (MAX_COUNT, str(MAX_COUNT)) for c in _COUNTED}
+    limits: dict[str, tuple[Any, str]] = {c: (MAX_COUNT, str(MAX_COUNT)) for c in _COUNTED}
+    offsets = {c: f[1] for c, f in (dtype.fields or {}).items()}
     if dtype is RECORD_V11:
         limits["block_size"] = (MAX_BLOCK_SIZE, str(MAX_BLOCK_SIZE))
         limits["meta_bytes"] = (records["stored_bytes"], "the shard's stored_bytes")
@@ -341,7 +342,7 @@ def _shard_table(doc: Mapping[str, Any], source: str, compressed: bool,
         if len(bad):
             i = int(bad[0])
             raise FastdataFormatError(
-                f"{where}: {name} record {i} (byte {i * dtype.itemsize + dtype.fields[column][1]}) "
+                f"{where}: {name} record {i} (byte {i * dtype.itemsize + offsets[column]}) "
                 f"field {column!r} is {int(records[column][i])}, above the largest accepted ({shown})")
     return ShardTable(records, None, compressed)
 

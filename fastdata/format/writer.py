@@ -78,11 +78,11 @@ def write_shard(
         raise FastdataConfigError("document lengths, tokens and mask disagree in length")
     layout = Layout.plan(len(doc_lengths), len(tokens), code, mask is not None, block_size)
     index = offsets.tobytes()
-    tokens_view = memoryview(np.ascontiguousarray(tokens, dtype=DTYPES[code])).cast("B")
+    tokens_view = np.ascontiguousarray(tokens, dtype=DTYPES[code]).data.cast("B")
     payload: list[bytes | memoryview] = [tokens_view]
     if mask is not None:
         payload.append(bytes(align(len(tokens_view)) - len(tokens_view)))
-        payload.append(memoryview(np.ascontiguousarray(mask, np.uint8)).cast("B"))
+        payload.append(np.ascontiguousarray(mask, np.uint8).data.cast("B"))
     table = block_hashes(payload, layout.block_size) if layout.block_size else b""
     head = pack_header(layout, index, table) + index + table
     meta = head + bytes(layout.tokens_offset - len(head))
