@@ -27,6 +27,8 @@ from fastdata.errors import (
 from fastdata.world import World
 
 if TYPE_CHECKING:
+    from fastdata.config import CacheConfig, StorageConfig
+    from fastdata.loader.batch import SampleConfig
     from fastdata.loader.dataloader import DataLoader
     from fastdata.loader.dataset import OrderOptions, Source, TokenDataset
     from fastdata.reader import Dataset, open_dataset
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
 _LAZY = {
     "Dataset": "fastdata.reader",
     "open_dataset": "fastdata.reader",
+    "CacheConfig": "fastdata.config",
+    "StorageConfig": "fastdata.config",
+    "SampleConfig": "fastdata.loader.batch",
     "DataLoader": "fastdata.loader.dataloader",
     "OrderOptions": "fastdata.loader.dataset",
     "Source": "fastdata.loader.dataset",
@@ -50,6 +55,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CacheConfig",
     "DataLoader",
     "Dataset",
     "FastdataCacheError",
@@ -63,7 +69,9 @@ __all__ = [
     "FastdataStateError",
     "FastdataWorkerError",
     "OrderOptions",
+    "SampleConfig",
     "Source",
+    "StorageConfig",
     "TokenDataset",
     "World",
     "__version__",

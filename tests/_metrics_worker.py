@@ -27,15 +27,15 @@ def main() -> None:
     dist.init_process_group("gloo", init_method=f"file://{cfg['init_file']}", rank=rank,
                             world_size=int(os.environ["WORLD_SIZE"]), timeout=timedelta(seconds=60))
     ds = fastdata.TokenDataset(cfg["dataset"], seq_len=32, seed=1)
-    if rank == cfg["slow_rank"]:
-        assemble = ds.batches
-
-        def slow(*args, **kwargs):
-            time.sleep(cfg["delay"] * len(args[2]))  # one delay per step of the chunk
-            return assemble(*args, **kwargs)
-
-        ds.batches = slow
     loader = fastdata.DataLoader(ds, batch_size=2, num_workers=0)
+    if rank == cfg["slow_rank"]:
+        assemble = loader._make
+
+        def slow(plan, steps):
+            time.sleep(cfg["delay"] * len(steps))  # one delay per step of the chunk
+            return assemble(plan, steps)
+
+        loader._make = slow
     it = iter(loader)
     for _ in range(cfg["steps"]):
         next(it)

@@ -133,12 +133,12 @@ def test_b2_prefetched_batches_are_not_lost(data):
     ready = threading.Condition()
     make = dl._make
 
-    def counted(order, stripe, steps):
-        batches, record = make(order, stripe, steps)
+    def counted(plan, steps):
+        batches = make(plan, steps)
         with ready:
             made.update({s: b["sample_ids"].tolist() for s, b in zip(steps, batches)})
             ready.notify_all()
-        return batches, record
+        return batches
 
     dl._make = counted
     it = iter(dl)

@@ -17,25 +17,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future
 from typing import Any
 
 import torch
 
 from fastdata import metrics
-from fastdata.daemon_pool import DaemonPool
 from fastdata.errors import FastdataConfigError, FastdataStateError
+from fastdata.loader.cursor import Cursor
 from fastdata.loader.dataset import TokenDataset
 from fastdata.loader.job_check import check_job
 from fastdata.loader.job_view import job_view
-from fastdata.loader.prefetch import Prefetcher
+from fastdata.loader.plan import RankPlan
 from fastdata.loader.sigterm import graceful_sigterm
-from fastdata.loader.stalls import Made, Stalls, made, shares
+from fastdata.loader.stalls import Made, Stalls, shares
 from fastdata.loader.state import StreamState, parse_state
+from fastdata.loader.stream import stream
 from fastdata.loader.watchdog import watched
-from fastdata.sampling.order import EpochOrder, Stripe
 from fastdata.world import World
 
 log = logging.getLogger(__name__)
@@ -46,26 +44,30 @@ BACKENDS = ("threads", "processes")
 class _StepStream(torch.utils.data.IterableDataset):
     """What worker processes iterate: (step, batch, metrics, made) of the steps in their lane,
     where metrics is what this worker's figures grew by since it last sent them (or None) and
-    made the record of the batch's making (``fastdata.loader.stalls``)."""
+    made the record of the batch's making (``fastdata.loader.stalls``). Steps are made one at
+    a time (a batch sent to the training process owns its buffers) by the one stepping
+    generator, which prefetches remote shards here too."""
 
     #: Seconds between two metric updates from a worker (and one with its last batch).
     report_every = 0.25
 
-    def __init__(self, dataset: TokenDataset, world: World, epoch: int, start: int) -> None:
+    def __init__(self, dataset: TokenDataset, world: World, epoch: int, start: int,
+                 prefetch_bytes: int) -> None:
         self.dataset, self.world, self.epoch, self.start = dataset, world, epoch, start
+        self.prefetch_bytes = prefetch_bytes
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, torch.Tensor], dict | None, Made]]:
         worker, num_workers = World.current_worker()
-        order = self.dataset.epoch_order(self.epoch, self.world)
-        stripe = Stripe.of(order.config.global_batch, self.world.rank, self.world.world_size,
-                           worker, num_workers)
+        plan = self.dataset.plan(self.epoch, self.world.with_worker(worker, num_workers))
         sent, sent_at = metrics.registry.export(), time.monotonic()  # a forked worker inherits figures
-        steps = stripe.steps(self.start, order.num_steps)
-        for i, step in enumerate(steps):
-            arrays, record = made(lambda step=step: self.dataset.batch(order, stripe, step))
-            batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        steps = plan.stripe.steps(self.start, plan.num_steps)
+
+        def make(part: range) -> list[dict[str, torch.Tensor]]:
+            return [{k: torch.from_numpy(v) for k, v in plan.batch(step).items()} for step in part]
+
+        for step, batch, record in stream(plan, steps, make, largest=1, prefetch_bytes=self.prefetch_bytes):
             update = None
-            if i == len(steps) - 1 or time.monotonic() - sent_at >= self.report_every:
+            if step == steps[-1] or time.monotonic() - sent_at >= self.report_every:
                 now = metrics.registry.export()
                 update, sent, sent_at = metrics.delta(now, sent), now, time.monotonic()
             yield step, batch, update, record
@@ -114,9 +116,7 @@ class DataLoader:
         self.prefetch_bytes = prefetch_bytes
         self.backend, self.timeout = backend, timeout
         self.world = dataset.resolved_world()
-        self._next_epoch = 0
-        self._position: tuple[int, int] | None = None  # (epoch, next step) of the live epoch
-        self._pending: StreamState | None = None
+        self.cursor = Cursor(restart=True)  # every iter() starts an epoch, as torch's loader does
         self._generation = 0  # bumped by load_state_dict to retire live iterators
         self.log_every = log_every
         self._stats = metrics.Registry()  # this loader's step timings, and its workers' figures
@@ -131,15 +131,17 @@ class DataLoader:
     # ------------------------------------------------------------------ state
 
     def set_epoch(self, epoch: int) -> None:
-        self._next_epoch = epoch
+        """Start the next ``iter()`` at ``epoch`` (a loaded state still wins)."""
+        self.cursor.set_epoch(epoch)
+
+    def _steps_of(self, epoch: int) -> int:
+        return self.dataset.epoch_order(epoch, self.world).num_steps
 
     def state_dict(self) -> dict[str, Any]:
         """Where the training loop is: the same on every rank at the same step; small JSON."""
-        if self._pending is not None:
-            return self._pending.to_dict()
-        epoch, step = self._position or (self._next_epoch, 0)
-        if step >= self.dataset.epoch_order(epoch, self.world).num_steps:
-            epoch, step = epoch + 1, 0
+        if self.cursor.pending is not None:
+            return self.cursor.pending.to_dict()
+        epoch, step = self.cursor.saved(self._steps_of)
         mixture = self.dataset.mixture_at(epoch, step, self.world)  # a blend's per-source cursors
         return StreamState(epoch, step, self.dataset.identity(self.world), mixture=mixture).to_dict()
 
@@ -157,11 +159,7 @@ class DataLoader:
             raise FastdataStateError("state field 'lane' is set: this is one worker's state from a "
                                      "stock DataLoader, not a fastdata.DataLoader state")
         parsed = self.dataset.adopt_state(parsed, self.world)  # checks it; a blend continues from its cursors
-        steps = self.dataset.epoch_order(parsed.epoch, self.world).num_steps
-        if parsed.step > steps:
-            raise FastdataStateError(
-                f"state field 'step' is {parsed.step} but epoch {parsed.epoch} has only {steps} steps")
-        self._pending = parsed
+        self.cursor.load(parsed, self._steps_of)
         self._generation += 1
 
     # ------------------------------------------------------------------ metrics
@@ -242,22 +240,11 @@ class DataLoader:
 
     def _epoch(self) -> Iterator[dict[str, torch.Tensor]]:
         check_job(self.dataset, self.world)  # every rank reads the same dataset (loader/job_check.py)
-        if self._pending is not None:
-            epoch, start = self._pending.epoch, self._pending.step
-            self._pending = None
-        else:
-            epoch, start = self._next_epoch, 0
-        order = self.dataset.epoch_order(epoch, self.world)
-        if start >= order.num_steps:  # a state taken at the very end of an epoch
-            epoch, start = epoch + 1, 0
-            order = self.dataset.epoch_order(epoch, self.world)
-        self._next_epoch = epoch + 1
-        self._position = (epoch, start)
-        yield from self._run(order, epoch, start, self._generation)
+        epoch, start, _ = self.cursor.start(self._steps_of)  # a state at an epoch's very end: the next
+        yield from self._run(epoch, start, self._generation)
 
-    def _run(self, order: EpochOrder, epoch: int, start: int, generation: int
-             ) -> Iterator[dict[str, torch.Tensor]]:
-        source = (self._threaded(order, start) if self.backend == "threads" or self.num_workers == 0
+    def _run(self, epoch: int, start: int, generation: int) -> Iterator[dict[str, torch.Tensor]]:
+        source = (self._threaded(epoch, start) if self.backend == "threads" or self.num_workers == 0
                   else self._processes(epoch, start))
         # A step runs from one next() to the following one: the loop's own work plus the wait.
         # Each is recorded with the next batch; every wait counts, the first batch's too.
@@ -270,7 +257,7 @@ class DataLoader:
                     if generation != self._generation:
                         raise FastdataStateError("this iterator was replaced by load_state_dict(); "
                                                  "call iter(loader) again")
-                    self._position = (epoch, step + 1)
+                    self.cursor.moved(epoch, step + 1)
                     got = time.perf_counter()
                     self._record(asked, got, first, None if previous is None else asked - previous, batch,
                                  record)
@@ -284,84 +271,35 @@ class DataLoader:
             if close is not None:
                 close()
 
-    def _make(self, order: EpochOrder, stripe: Stripe, steps: range
-              ) -> tuple[list[dict[str, torch.Tensor]], Made]:
-        def make() -> list[dict[str, torch.Tensor]]:
-            batches = []
-            for arrays in self.dataset.batches(order, stripe, steps):
-                batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
-                batches.append({k: v.pin_memory() for k, v in batch.items()} if self.pin_memory else batch)
-            return batches
-
-        return made(make)
-
     def _chunk_steps(self) -> int:
         """Steps assembled together: about 4 MiB of tokens, so per-batch overhead stays small."""
         row = (self.dataset.samples.seq_len + 1) * 8 * self.batch_size
         return max(1, min(64, (4 << 20) // row))
 
-    def _threaded(self, order: EpochOrder, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor], Made]]:
-        stripe = Stripe.of(order.config.global_batch, self.world.rank, self.world.world_size)
-        prefetcher = None
-        budget = self.prefetch_bytes
-        if self.dataset.prefetch_cap is not None:  # never fetch ahead what the cache must evict
-            budget = min(budget, self.dataset.prefetch_cap)
-        if self.dataset.fetches and budget > 0:
-            prefetcher = Prefetcher(range(start, order.num_steps),
-                                    lambda lo, hi: self.dataset.first_uses(order, stripe, lo, hi),
-                                    self.dataset.fetch_shard, budget)
-        interrupted = True  # until the loop ends, fails or is closed: Ctrl-C waits for nothing
-        try:
-            for step, batch, record in self._assembled(order, stripe, start):
-                if prefetcher is not None:
-                    prefetcher.advance(step)
-                yield step, batch, record
-            interrupted = False
-        except (Exception, GeneratorExit):
-            interrupted = False
-            raise
-        finally:
-            if prefetcher is not None:
-                prefetcher.close(wait=not interrupted)
+    def _make(self, plan: RankPlan, steps: range) -> list[dict[str, torch.Tensor]]:
+        """The batches of ``steps``, as tensors (pinned with ``pin_memory``)."""
+        batches = []
+        for arrays in plan.batches(steps):
+            batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+            batches.append({k: v.pin_memory() for k, v in batch.items()} if self.pin_memory else batch)
+        return batches
 
-    def _assembled(self, order: EpochOrder, stripe: Stripe, start: int
-                   ) -> Iterator[tuple[int, dict[str, torch.Tensor], Made]]:
-        chunks = _chunks(start, order.num_steps, self._chunk_steps())
-        if self.num_workers == 0:
-            for steps in chunks:
-                batches, record = self._make(order, stripe, steps)
-                yield from ((step, batch, record) for step, batch in zip(steps, batches))
-            return
-        threads = 1 if self.dataset.keeps_few_shards else self.num_workers
-        pool = DaemonPool(threads, "fastdata-loader")
-        window: deque[tuple[range, Future[tuple[list[dict[str, torch.Tensor]], Made]]]] = deque()
-        in_flight = max(2, -(-self.prefetch // self._chunk_steps()))
-        interrupted = True
-        try:
-            for steps in chunks:
-                window.append((steps, pool.submit(self._make, order, stripe, steps)))
-                if len(window) >= in_flight:
-                    break
-            while window:
-                steps, future = window.popleft()
-                batches, record = future.result()
-                following = next(chunks, None)
-                if following is not None:
-                    window.append((following, pool.submit(self._make, order, stripe, following)))
-                yield from ((step, batch, record) for step, batch in zip(steps, batches))
-            interrupted = False
-        except (Exception, GeneratorExit):
-            interrupted = False
-            raise
-        finally:
-            for _, future in window:
-                future.cancel()
-            # an interrupt (Ctrl-C, SystemExit) does not wait for a thread on a stalled socket
-            pool.shutdown(wait=not interrupted, cancel_futures=True)
+    def _threaded(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor], Made]]:
+        plan = self.dataset.plan(epoch, self.world)
+
+        def make(steps: range) -> list[dict[str, torch.Tensor]]:
+            return self._make(plan, steps)
+
+        threads = 0
+        if self.num_workers:  # a tight node cache: one assembling thread (TokenDataset.keeps_few_shards)
+            threads = 1 if self.dataset.keeps_few_shards else self.num_workers
+        largest = self._chunk_steps()
+        yield from stream(plan, range(start, plan.num_steps), make, largest=largest, threads=threads,
+                          in_flight=max(2, -(-self.prefetch // largest)), prefetch_bytes=self.prefetch_bytes)
 
     def _processes(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, torch.Tensor], Made]]:
         loader = torch.utils.data.DataLoader(
-            _StepStream(self.dataset, self.world, epoch, start), batch_size=None,
+            _StepStream(self.dataset, self.world, epoch, start, self.prefetch_bytes), batch_size=None,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             prefetch_factor=max(1, self.prefetch // self.num_workers),  # the watchdog keeps time
         )
@@ -387,14 +325,3 @@ class DataLoader:
             shutdown = getattr(iterator, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
-
-
-def _chunks(start: int, stop: int, largest: int) -> Iterator[range]:
-    """Steps ``[start, stop)`` in chunks of 1, 2, 4, ... up to ``largest`` steps: the first
-    batch needs only its own shards, later ones are read in bulk."""
-    size, s = 1, start
-    while s < stop:
-        yield range(s, min(s + size, stop))
-        s += size
-        size = min(size * 2, largest)
-

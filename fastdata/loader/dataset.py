@@ -13,7 +13,7 @@ or :class:`fastdata.DataLoader`); without, each item is one sample (a stock
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,24 +21,27 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
+from fastdata.config import CacheConfig, StorageConfig, resolve
 from fastdata.errors import FastdataConfigError, FastdataStateError
 from fastdata.format.reader import permute
 from fastdata.loader import cache_fit
 from fastdata.loader.batch import BatchAssembler, SampleConfig
 from fastdata.loader.blend import BlendAssembler
 from fastdata.loader.cache_fit import CACHED_OPEN_SHARDS  # noqa: F401 - kept importable from here
+from fastdata.loader.cursor import Cursor, check
 from fastdata.loader.epoch_share import StartShare, starts_from_main
 from fastdata.loader.job_check import check_job
 from fastdata.loader.mixture import Schedule
+from fastdata.loader.plan import RankPlan
 from fastdata.loader.sources import Source, as_sources, mixture_of, open_source
 from fastdata.loader.state import StreamState, check_identity, identity_of, parse_state
 from fastdata.loader.stepping import step_items
+from fastdata.loader.stream import stream
 from fastdata.reader.dataset import Dataset
 from fastdata.sampling.blend import BlendOrder
 from fastdata.sampling.order import EpochOrder, OrderConfig, SampleSpace, Stripe, document_space, packed_space
-from fastdata.sampling.sources import IdSpace, concat, first_uses, split_key
+from fastdata.sampling.sources import IdSpace, concat
 from fastdata.storage.remote import redact
-from fastdata.units import parse_size
 from fastdata.world import World
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ class OrderOptions:
     drop_last: bool = True  #: drop the last partial global batch of an epoch (else pad it)
 
 
-class TokenDataset(IterableDataset):
+class TokenDataset(IterableDataset):  # noqa: PLR0904 - the documented user-facing class
     """Deterministic, resumable training samples from a packed dataset.
 
     Args:
@@ -63,7 +66,8 @@ class TokenDataset(IterableDataset):
         shuffle: shuffle shards and samples (per epoch, keyed by ``seed``).
         seed: the order's seed.
         batch_size: micro-batch per rank; set by :class:`fastdata.DataLoader`.
-        sampling: sample mode and extra outputs (:class:`SampleConfig` fields except seq_len).
+        sampling: sample mode and extra outputs: a :class:`SampleConfig` (its ``seq_len``
+            equal to ``seq_len``), or a mapping of its fields except seq_len.
         order: window, partitions and tail policy (:class:`OrderOptions`).
         world: explicit topology; default: detected from torch.distributed / torchrun.
         storage_options: fsspec options for a remote ``source`` (never logged).
@@ -71,6 +75,9 @@ class TokenDataset(IterableDataset):
         cache_limit: bytes (or "400GB") the node cache may hold, temp files included; with
             it the cache is shared by every process on the node and evicts what no process
             holds, the shard needed farthest in the future first.
+        storage: :class:`~fastdata.config.StorageConfig` (fsspec options and retries), instead
+            of ``storage_options``.
+        cache: :class:`~fastdata.config.CacheConfig`, instead of ``cache_dir``/``cache_limit``.
         mixture_schedule: a blend's weights by global step, ``[(0, weights), (step, weights)]``
             (a list, or a mapping by source URL or index); docs/loader.md, "Changing the mixture".
         allow_mixture_change: resume a blend from a state saved under other weights or sources;
@@ -80,25 +87,32 @@ class TokenDataset(IterableDataset):
         FastdataConfigError: the settings are invalid or the dataset has no sample.
     """
 
+    #: Steps one gather reads at most when iterated directly (chunks grow 1, 2, 4, ... to it).
+    CHUNK_STEPS = 64
+    #: Bytes of shards fetched ahead of the iteration (when they are fetched), within the
+    #: cache's room; ``fastdata.DataLoader(prefetch_bytes=...)`` sets its own.
+    prefetch_bytes = 2 << 30
+
     def __init__(  # noqa: PLR0913 - the documented user-facing constructor
         self, source: str | Source | Sequence[Source], *, seq_len: int, shuffle: bool = True, seed: int = 0,
-        batch_size: int | None = None, sampling: Mapping[str, Any] | None = None,
+        batch_size: int | None = None, sampling: SampleConfig | Mapping[str, Any] | None = None,
         order: OrderOptions | None = None, world: World | None = None,
         storage_options: Mapping[str, Any] | None = None, cache_dir: str | None = None,
         cache_limit: int | str | None = None, mixture_schedule: Schedule | None = None,
-        allow_mixture_change: bool = False,
+        allow_mixture_change: bool = False, storage: StorageConfig | None = None,
+        cache: CacheConfig | None = None,
     ) -> None:
         super().__init__()
-        self.samples = SampleConfig(seq_len=seq_len, **dict(sampling or {}))
+        self.samples = _samples(seq_len, sampling)
+        storage, cache = resolve(storage, cache, storage_options=storage_options, cache_dir=cache_dir,
+                                 cache_limit=cache_limit)
         given = as_sources(source)
-        self.datasets: list[Dataset] = [
-            open_source(s.url, storage_options=storage_options, cache_dir=cache_dir, cache_limit=cache_limit)
-            for s in given]
+        self.datasets: list[Dataset] = [open_source(s.url, storage=storage, cache=cache) for s in given]
         # a SAS query in a URL is a credential: only the opened stores keep it (never pickled)
         self.sources = [Source(redact(s.url), s.weight) for s in given]
         self.prefetch_cap: int | None = None  # bytes this rank may fetch ahead without crowding the cache
-        self._cache_limit = parse_size(cache_limit) if cache_limit is not None else None
-        self._cache_world = World.detect(world) if cache_limit is not None else None
+        self._cache_limit = cache.limit
+        self._cache_world = World.detect(world) if cache.limit is not None else None
         self.spaces = [self._space(d) for d in self.datasets]
         for d, space in zip(self.datasets, self.spaces):
             if space.num_samples == 0:
@@ -122,8 +136,7 @@ class TokenDataset(IterableDataset):
         self.world = world
         self._assembler: BatchAssembler | BlendAssembler | None = None
         self._orders: dict[tuple[int, int], EpochOrder | BlendOrder] = {}
-        self._pending: StreamState | None = None
-        self._position: tuple[int, int] = (0, 0)  # (epoch, next step) as yielded in-process
+        self.cursor = Cursor(restart=False)  # (epoch, next step) as yielded in-process, a loaded state
         self._share = StartShare()  # reaches persistent DataLoader workers (loader/epoch_share.py)
 
     def __repr__(self) -> str:
@@ -188,42 +201,25 @@ class TokenDataset(IterableDataset):
         """Whether some shards come from remote storage or need decompressing (worth prefetching)."""
         return any(not d.files.in_place for d in self.datasets)
 
+    def plan(self, epoch: int, world: World) -> RankPlan:
+        """What this process reads of ``epoch``: its stripe of every step (a worker's, in a
+        DataLoader worker), the shards each step needs (``loader/plan.py``)."""
+        order = self.epoch_order(epoch, world)
+        return self.plan_of(order, Stripe.of(order.config.global_batch, world.rank, world.world_size,
+                                             world.worker, world.num_workers))
+
+    def plan_of(self, order: EpochOrder | BlendOrder, stripe: Stripe) -> RankPlan:
+        return RankPlan(order, stripe, self.assembler(), self.datasets,
+                        open_limit=min(d.max_open_shards for d in self.datasets),
+                        per_batch=self.samples.doc_ids, prefetch_room=self.prefetch_cap)
+
     def shards_of(self, order: EpochOrder | BlendOrder, stripe: Stripe, step: int) -> np.ndarray:
         """Shards (as ``source << 40 | shard``) that this rank's micro-batch of ``step`` reads."""
-        return self.assembler().shards_of(order.slots(step, stripe.lo, stripe.hi))
-
-    def first_uses(self, order: EpochOrder | BlendOrder, stripe: Stripe, lo: int, hi: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-        """(step, shard key) of each shard this rank first reads in steps ``[lo, hi)``, in that
-        order: one vectorised pass for a whole block of steps (the prefetcher's walk)."""
-        ids = order.slots(np.arange(lo, hi, dtype=np.int64), stripe.lo, stripe.hi)
-        steps, keys = first_uses(ids, self.assembler().shard_of_each)
-        return lo + steps, keys
-
-    def fetch_shard(self, key: int, step: int) -> int:
-        """Make sure shard ``key`` (from :meth:`shards_of`) is cached; returns its raw size."""
-        source, shard = split_key(key)
-        data = self.datasets[source]
-        _, release = data.files.acquire(shard, next_use=step, ahead=True)
-        release()
-        return data.shards[shard].raw_bytes
+        return self.plan_of(order, stripe).shards_of(step)
 
     def batch(self, order: EpochOrder, stripe: Stripe, step: int) -> dict[str, np.ndarray]:
         """This rank's micro-batch of global step ``step`` as numpy arrays."""
-        return self.assembler()(order.slots(step, stripe.lo, stripe.hi))
-
-    def batches(self, order: EpochOrder, stripe: Stripe, steps: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        """Micro-batches of several steps, read with one gather (per-batch Python overhead
-        dominates otherwise); each batch's arrays are views of shared buffers."""
-        if self.samples.doc_ids:  # cu_seqlens is per batch: no sharing
-            return [self.batch(order, stripe, s) for s in steps]
-        ids = order.slots(np.asarray(steps, dtype=np.int64), stripe.lo, stripe.hi)
-        b = stripe.hi - stripe.lo
-        out = []
-        for lo, hi in self._groups(ids):
-            arrays = self.assembler()(ids[lo:hi].ravel())
-            out += [{k: v[i * b : (i + 1) * b] for k, v in arrays.items()} for i in range(hi - lo)]
-        return out
+        return self.plan_of(order, stripe).batch(step)
 
     def fit_cache(self, processes: int = 1) -> None:
         """With a node cache: how many shards each process keeps mapped (and pinned), the
@@ -237,7 +233,7 @@ class TokenDataset(IterableDataset):
                       default=0)
         fitted = cache_fit.fit(limit, largest, world.ranks_per_node, self.working_set(world), processes)
         for d in self.datasets:
-            d.max_open_shards = fitted.per_process
+            d.keep_open(fitted.per_process)
         self._tight = fitted.tight
         if fitted.tight and self.fetches:
             log.warning("cache_limit %d bytes holds less than the shards per process this order reads at "
@@ -265,25 +261,6 @@ class TokenDataset(IterableDataset):
         is a small share of a batch's time; downloads stay parallel in the prefetcher)."""
         return self._cache_limit is not None and self.fetches and self._tight
 
-    def _groups(self, ids: np.ndarray) -> list[tuple[int, int]]:
-        """Runs of consecutive steps (rows of ``ids``) whose samples lie in at most
-        ``max_open_shards`` shards: one gather maps all of its shards at once, and with a node
-        cache a process keeps only a few mapped (and pinned), so a larger gather would unpin
-        shards it still reads, and a tight cache could evict and fetch them again."""
-        limit = min(d.max_open_shards for d in self.datasets)
-        if len(ids) <= 1 or limit >= ids.size or len(self.assembler().shards_of(ids.ravel())) <= limit:
-            return [(0, len(ids))]
-        groups, start, seen = [], 0, np.zeros(0, np.int64)
-        for i, row in enumerate(ids):
-            shards = self.assembler().shards_of(row)
-            union = np.union1d(seen, shards)
-            if len(union) > limit and i > start:
-                groups.append((start, i))
-                start, union = i, np.unique(shards)
-            seen = union
-        groups.append((start, len(ids)))
-        return groups
-
     # ------------------------------------------------------------------ epochs and state
 
     def set_epoch(self, epoch: int) -> None:
@@ -292,17 +269,16 @@ class TokenDataset(IterableDataset):
         if epoch < 0:
             raise FastdataConfigError(f"epoch must be >= 0, got {epoch}")
         self._share.set_epoch(self, epoch)
-        self._pending = None
-        self._position = (epoch, 0)
+        self.cursor.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """Position of this dataset's own iteration (exact with ``num_workers=0``); inside a
         DataLoader worker (torchdata's StatefulDataLoader asks each one) that worker's lane."""
-        if self._pending is not None:
-            return self._pending.to_dict()
+        if self.cursor.pending is not None:
+            return self.cursor.pending.to_dict()
         world = self.resolved_world()
         worker, num_workers = World.current_worker()
-        epoch, step = self._position
+        epoch, step = self.cursor.saved(self._steps_of(world))
         lane = (worker, num_workers) if num_workers > 1 else None
         mixture = self.mixture_at(epoch, step, world)
         return StreamState(epoch, step, self.identity(world), lane, mixture).to_dict()
@@ -315,12 +291,9 @@ class TokenDataset(IterableDataset):
         """
         world = self.resolved_world()
         parsed = self.adopt_state(parse_state(state), world)
-        steps = self.epoch_order(parsed.epoch, world).num_steps
-        if parsed.step > steps + (parsed.lane[1] if parsed.lane else 0):
-            raise FastdataStateError(
-                f"state field 'step' is {parsed.step} but epoch {parsed.epoch} has only {steps} steps")
-        self._share.loaded(self, state)
-        self._pending = parsed
+        check(parsed, self._steps_of(world), slack=parsed.lane[1] if parsed.lane else 0)
+        self._share.loaded(self, state)  # may refuse too: the cursor changes last
+        self.cursor.pending = parsed
 
     def mixture_at(self, epoch: int, step: int, world: World) -> Any:
         """A blend's per-source cursors before ``step`` of ``epoch`` (None for one source)."""
@@ -336,11 +309,13 @@ class TokenDataset(IterableDataset):
         self._orders = {}
         return self.mixture.adopt(state, current, self.order_config(world).global_batch)
 
+    def _steps_of(self, world: World) -> Callable[[int], int]:
+        return lambda epoch: self.epoch_order(epoch, world).num_steps
+
     def take_start(self, world: World) -> tuple[int, int, bool]:
         """(epoch, first step, whether ``step`` is this worker's own lane position)."""
-        pending, self._pending = self._pending, None
+        epoch, step, pending = self.cursor.start(self._steps_of(world))
         if pending is None:
-            epoch, step = self._position
             return epoch, step, False
         same_lane = pending.lane == ((world.worker, world.num_workers) if world.num_workers > 1 else None)
         if pending.lane is not None and not same_lane:
@@ -358,18 +333,29 @@ class TokenDataset(IterableDataset):
         world = self.resolved_world().with_worker(worker, num_workers)
         check_job(self, world)  # in the training process: every rank reads the same dataset
         epoch, start, own_lane = self.take_start(world)
-        order = self.epoch_order(epoch, world)
-        stripe = Stripe.of(order.config.global_batch, world.rank, world.world_size, worker, num_workers)
+        plan = self.plan(epoch, world)
         if own_lane:
-            steps = range(start, order.num_steps, num_workers)
+            steps = range(start, plan.num_steps, num_workers)
         else:
-            steps = stripe.steps(start, order.num_steps)
-        chunk, in_worker = 64, torch.utils.data.get_worker_info() is not None
-        for i in range(0, len(steps), chunk):
-            part = steps[i : i + chunk]
-            items = step_items(self, order, stripe, part, in_worker=in_worker)
-            for step, item in zip(part, items):
-                self._position = (epoch, step + num_workers)
-                yield item
+            steps = plan.stripe.steps(start, plan.num_steps)
+        in_worker = torch.utils.data.get_worker_info() is not None
+
+        def make(part: range) -> list[dict[str, torch.Tensor]]:
+            return list(step_items(plan, self.samples, part, batched=self.batch_size is not None,
+                                   in_worker=in_worker))
+
+        for step, item, _ in stream(plan, steps, make, largest=self.CHUNK_STEPS,
+                                    prefetch_bytes=self.prefetch_bytes):
+            self.cursor.moved(epoch, step + num_workers)
+            yield item
         first_next = worker if num_workers > 1 else 0
-        self._position = (epoch + 1, first_next)
+        self.cursor.moved(epoch + 1, first_next)
+
+
+def _samples(seq_len: int, sampling: SampleConfig | Mapping[str, Any] | None) -> SampleConfig:
+    if isinstance(sampling, SampleConfig):
+        if sampling.seq_len != seq_len:
+            raise FastdataConfigError(f"sampling=SampleConfig(seq_len={sampling.seq_len}) disagrees with "
+                                      f"seq_len={seq_len}")
+        return sampling
+    return SampleConfig(seq_len=seq_len, **dict(sampling or {}))

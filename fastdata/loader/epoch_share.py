@@ -88,7 +88,7 @@ class StartShare:
         if self._owner == os.getpid() or torch.utils.data.get_worker_info() is None:
             return False
         if self._pid != os.getpid():
-            self._pid, self._initial = os.getpid(), (ds._pending, ds._position)
+            self._pid, self._initial = os.getpid(), (ds.cursor.pending, ds.cursor.position)
         return True
 
     def _own(self) -> None:
@@ -111,7 +111,7 @@ class StartShare:
             self._local = True
             return
         self._own()
-        self._write(json.dumps(parse_state(state).to_dict(), separators=(",", ":")), ds._position)
+        self._write(json.dumps(parse_state(state).to_dict(), separators=(",", ":")), ds.cursor.here)
 
     def _write(self, load: str | None, position: tuple[int, int]) -> None:
         if load is not None:
@@ -156,14 +156,14 @@ class StartShare:
         gen, record = self._read()
         if record is None or gen == self.gen:  # nothing new since the copy was made
             if self._initial is not None:
-                ds._pending, ds._position = self._initial
+                ds.cursor.pending, ds.cursor.position = self._initial
             return
         load, parsed = record["load"], None
         if load is not None and (record["pending"] or load != self.last_load):
             parsed = ds.adopt_state(parse_state(load), ds.resolved_world())  # a blend re-anchors
             self.last_load = load
-        ds._pending = parsed if record["pending"] else None
-        ds._position = (record["epoch"], record["step"])
+        ds.cursor.pending = parsed if record["pending"] else None
+        ds.cursor.position = (record["epoch"], record["step"])
 
 
 def starts_from_main(iterate: Callable[[_T], Iterator[Any]]) -> Callable[[_T], Iterator[Any]]:

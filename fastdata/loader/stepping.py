@@ -18,26 +18,26 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fastdata.loader.batch import BatchAssembler
+from fastdata.loader.batch import BatchAssembler, SampleConfig
 from fastdata.loader.wire import WireBatch
 
 if TYPE_CHECKING:
-    from fastdata.loader.dataset import TokenDataset
-    from fastdata.sampling.order import EpochOrder, Stripe
+    from fastdata.loader.plan import RankPlan
 
 
-def step_items(dataset: TokenDataset, order: EpochOrder, stripe: Stripe, steps: Sequence[int], *,
+def step_items(plan: RankPlan, samples: SampleConfig, steps: Sequence[int], *, batched: bool,
                in_worker: bool) -> Iterator[dict[str, torch.Tensor]]:
-    """One dict of tensors per step of ``steps``, in order."""
+    """One dict of tensors per step of ``steps``, in order: a micro-batch when ``batched``,
+    else the step's one sample."""
     kind = WireBatch if in_worker else dict
-    if dataset.batch_size is not None:
-        for arrays in dataset.batches(order, stripe, steps):
+    if batched:
+        for arrays in plan.batches(steps):
             yield kind((k, torch.from_numpy(v)) for k, v in arrays.items())
         return
-    assembler = dataset.assembler()
-    ids = order.slots(np.asarray(steps, dtype=np.int64), stripe.lo, stripe.hi)
-    if isinstance(assembler, BatchAssembler) and not dataset.samples.doc_ids:
-        for lo, hi in dataset._groups(ids):
+    assembler = plan.assembler
+    ids = plan.slots(np.asarray(steps, dtype=np.int64))
+    if isinstance(assembler, BatchAssembler) and not samples.doc_ids:
+        for lo, hi in plan.groups(ids):
             flat = ids[lo:hi].ravel()
             windows = assembler.windows(flat)
             if windows is None:
@@ -49,5 +49,5 @@ def step_items(dataset: TokenDataset, order: EpochOrder, stripe: Stripe, steps: 
             steps = steps[hi - lo :]
         else:
             return
-    for arrays in dataset.batches(order, stripe, steps):
+    for arrays in plan.batches(steps):
         yield kind((k, torch.from_numpy(v[0, ...])) for k, v in arrays.items() if k != "cu_seqlens")

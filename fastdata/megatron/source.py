@@ -20,6 +20,7 @@ import numpy as np
 import xxhash
 
 from fastdata.atomic import write_bytes_atomic
+from fastdata.config import CacheConfig, StorageConfig, resolve
 from fastdata.errors import FastdataConfigError, FastdataFormatError
 from fastdata.format.manifest import Manifest, TokenizerInfo
 from fastdata.format.reader import ShardView, open_token_range
@@ -28,7 +29,7 @@ from fastdata.megatron.files import MegatronFiles, Release
 from fastdata.megatron.index import MegatronIndex, parse_index, plan_shards
 from fastdata.reader.dataset import Dataset
 from fastdata.reader.files import default_cache_dir
-from fastdata.storage.download import retrying
+from fastdata.storage.download import RetryPolicy, retrying
 from fastdata.storage.remote import Store, is_local
 from fastdata.units import parse_size
 
@@ -69,13 +70,16 @@ class MegatronDataset(Dataset):
     """
 
     def __init__(self, store: Store, stem: str, index: MegatronIndex, index_path: str,  # noqa: PLR0913
-                 shard_bytes: int, cache_dir: str | None = None, cache_limit: int | None = None) -> None:
+                 shard_bytes: int, cache_dir: str | None = None, cache_limit: int | None = None,
+                 policy: RetryPolicy | None = None) -> None:
         self.stem, self.index, self.index_path, self.shard_bytes = stem, index, index_path, shard_bytes
         self.bounds = plan_shards(index.lengths, index.dtype.itemsize, shard_bytes)
         manifest, byte_ranges = _manifest(stem, index, self.bounds)
         names = [manifest.shards.name(i) for i in range(len(manifest.shards))]
         self.megatron_files = MegatronFiles(store, stem + ".bin", names, byte_ranges, manifest.fingerprint,
                                             cache_dir, cache_limit)
+        if policy is not None:
+            self.megatron_files.policy = policy
         super().__init__(store, manifest, cache_dir, cache_limit, files=self.megatron_files)
 
     def __repr__(self) -> str:
@@ -178,9 +182,10 @@ def read_index(store: Store, stem: str, cache_dir: str | None = None) -> tuple[M
     return index, path
 
 
-def open_megatron(url: str, *, storage_options: Mapping[str, Any] | None = None,
+def open_megatron(url: str, *, storage_options: Mapping[str, Any] | None = None,  # noqa: PLR0913
                   cache_dir: str | None = None, cache_limit: int | str | None = None,
-                  shard_bytes: int | str | None = None) -> MegatronDataset:
+                  shard_bytes: int | str | None = None, storage: StorageConfig | None = None,
+                  cache: CacheConfig | None = None) -> MegatronDataset:
     """Open the Megatron-Core dataset named by ``url`` for reading in place.
 
     Args:
@@ -190,6 +195,9 @@ def open_megatron(url: str, *, storage_options: Mapping[str, Any] | None = None,
         cache_dir: where a remote ``.idx`` copy and the fetched ``.bin`` ranges are kept.
         cache_limit: bytes (or "400GB") of the node-wide cache for the ``.bin`` ranges.
         shard_bytes: ``.bin`` bytes per virtual shard (default :data:`SHARD_BYTES`, 64 MiB).
+        storage: :class:`~fastdata.config.StorageConfig` (options and retries), instead of
+            ``storage_options``.
+        cache: :class:`~fastdata.config.CacheConfig`, instead of ``cache_dir``/``cache_limit``.
 
     Raises:
         FastdataConfigError: ``url`` does not name a Megatron dataset.
@@ -200,10 +208,11 @@ def open_megatron(url: str, *, storage_options: Mapping[str, Any] | None = None,
         raise FastdataConfigError(f"{url.split('?', 1)[0]} does not name a Megatron dataset: give its .idx "
                                   "or .bin file, or a local prefix whose .idx exists")
     root, stem = found
-    store = Store(root, storage_options)
-    index, path = read_index(store, stem, cache_dir)
-    limit = None if cache_limit is None else parse_size(cache_limit)
+    storage, cache = resolve(storage, cache, storage_options=storage_options, cache_dir=cache_dir,
+                             cache_limit=cache_limit)
+    store = Store(root, storage.options)
+    index, path = read_index(store, stem, cache.dir)
     size = parse_size(SHARD_BYTES if shard_bytes is None else shard_bytes)
     if size < 1:
         raise FastdataConfigError(f"shard_bytes must be positive, got {shard_bytes!r}")
-    return MegatronDataset(store, stem, index, path, size, cache_dir, limit)
+    return MegatronDataset(store, stem, index, path, size, cache.dir, cache.limit, storage.retry)

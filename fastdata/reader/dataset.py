@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fastdata import metrics
+from fastdata.config import CacheConfig, StorageConfig, resolve
 from fastdata.errors import FastdataFormatError
 from fastdata.format.manifest import Manifest, ShardTable, TokenizerInfo
 from fastdata.format.reader import ShardView, gather, open_shard
@@ -25,7 +26,6 @@ from fastdata.format.spec import DTYPE_CODES, DTYPES
 from fastdata.reader.files import FastdataFiles, Release, ShardFiles, default_cache_dir
 from fastdata.reader.manifest import load_manifest
 from fastdata.storage.remote import Store
-from fastdata.units import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +227,9 @@ class Dataset:
         self.close()
 
 
-def open_packed(url: str, *, storage_options: Mapping[str, Any] | None = None,
-                cache_dir: str | None = None, cache_limit: int | str | None = None) -> Dataset:
+def open_packed(url: str, *, storage_options: Mapping[str, Any] | None = None,  # noqa: PLR0913
+                cache_dir: str | None = None, cache_limit: int | str | None = None,
+                storage: StorageConfig | None = None, cache: CacheConfig | None = None) -> Dataset:
     """Open the fastdata dataset at a local path or fsspec URL (``fastdata.open_dataset``
     chooses between this and a Megatron pair).
 
@@ -240,13 +241,20 @@ def open_packed(url: str, *, storage_options: Mapping[str, Any] | None = None,
             A remote manifest is kept there too, revalidated by its ETag on every open.
         cache_limit: bytes (or "400GB") the node cache may hold; with it, ``cache_dir`` is a
             node-wide cache shared by every process on the machine, evicting what is not in use.
+        storage: :class:`~fastdata.config.StorageConfig` (options and retries), instead of
+            ``storage_options``.
+        cache: :class:`~fastdata.config.CacheConfig`, instead of ``cache_dir``/``cache_limit``.
 
     Raises:
         FastdataFormatError: the manifest is missing, incomplete or invalid.
+        FastdataConfigError: a setting is invalid or given both ways.
     """
-    store = Store(url, storage_options)
-    limit = None if cache_limit is None else parse_size(cache_limit)
-    return Dataset(store, load_manifest(store, cache_dir or default_cache_dir()), cache_dir, limit)
+    storage, cache = resolve(storage, cache, storage_options=storage_options, cache_dir=cache_dir,
+                             cache_limit=cache_limit)
+    store = Store(url, storage.options)
+    manifest = load_manifest(store, cache.dir or default_cache_dir())
+    files = FastdataFiles(store, manifest, cache.dir, cache.limit, storage.retry)
+    return Dataset(store, manifest, cache.dir, cache.limit, files=files)
 
 
 def _drop(entries: list[tuple[ShardView, Release]]) -> None:
