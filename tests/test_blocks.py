@@ -26,7 +26,14 @@ from _shards import shard_bytes
 import fastdata
 from fastdata.errors import FastdataConfigError, FastdataFormatError, FastdataIntegrityError
 from fastdata.format import spec
-from fastdata.format.blocks import check_meta, parse_block_table, read_meta, verify_block, verify_blocks
+from fastdata.format.blocks import (
+    check_meta,
+    parse_block_table,
+    raw_block,
+    read_meta,
+    verify_block,
+    verify_blocks,
+)
 from fastdata.format.compression import compress_shard, decompress_shard
 from fastdata.format.manifest import Manifest, TokenizerInfo, parse_manifest
 from fastdata.format.reader import open_shard
@@ -157,10 +164,15 @@ def test_zstd_frames_verify_alone_and_a_bad_frame_is_named(tmp_path, v11):
     start, end = table.byte_range(2)
     assert table.byte_range(1)[1] == start and table.byte_range(len(table) - 1)[1] == z.size
     verify_block(table, 2, rdata[2 * 16384:3 * 16384])
+    for i in range(len(table)):  # each frame alone: fetched, decompressed, verified
+        a, b = table.byte_range(i)
+        assert raw_block(table, i, bytes(zdata[a:b])) == rdata[i * 16384:(i + 1) * 16384]
     zdata[start + (end - start) // 2] ^= 0xFF
     Path(tmp_path / "z.fds.zst").write_bytes(zdata)
     bad = verify_blocks(str(tmp_path / "z.fds.zst"), table)
     assert [(b.index, b.start, b.end) for b in bad] == [(2, start, end)]
+    with pytest.raises(FastdataIntegrityError, match=rf"z\.fds\.zst: block 2 \(bytes \[{start}, {end}\)"):
+        raw_block(table, 2, bytes(zdata[start:end]))
     with pytest.raises(FastdataFormatError, match=r"block 2|frame at byte"):
         decompress_shard(str(tmp_path / "z.fds.zst"), str(tmp_path / "out.fds"), raw.stored_bytes)
     assert not (tmp_path / "out.fds").exists()

@@ -275,17 +275,31 @@ def _decompress(frame: bytes, expected: int) -> bytes:
 READ_BYTES = 64 << 20
 
 
+def raw_block(table: BlockTable, i: int, stored: bytes | memoryview) -> bytes | memoryview:
+    """Block ``i``'s raw bytes from its stored bytes (``table.byte_range(i)`` of the file),
+    verified: a zstd frame is decompressed (never beyond its recorded raw size) first.
+
+    Raises:
+        FastdataIntegrityError: the bytes are not the block (bad frame, length or hash);
+            names the shard, the block and its byte range.
+    """
+    data = stored
+    if table.compressed:
+        start, end = table.byte_range(i)
+        try:
+            data = _decompress(bytes(stored), int(table.raw_lengths[i]))
+        except zstandard.ZstdError as e:
+            raise FastdataIntegrityError(f"{table.name}: block {i} (bytes [{start}, {end})) is not "
+                                         f"a valid zstd frame: {e}") from None
+    verify_block(table, i, data)
+    return data
+
+
 def _check_one(table: BlockTable, i: int, data: bytes) -> BadBlock | None:
-    start, end = table.byte_range(i)
     try:
-        if table.compressed:
-            try:
-                data = _decompress(data, int(table.raw_lengths[i]))
-            except zstandard.ZstdError as e:
-                raise FastdataIntegrityError(f"{table.name}: block {i} (bytes [{start}, {end})) is not "
-                                             f"a valid zstd frame: {e}") from None
-        verify_block(table, i, data)
+        raw_block(table, i, data)
     except FastdataIntegrityError as e:
+        start, end = table.byte_range(i)
         return BadBlock(i, start, end, str(e))
     return None
 
@@ -325,5 +339,5 @@ def read_meta(path: str, entry: ShardInfo) -> BlockTable:
         return check_meta(f.read(entry.meta_bytes), entry)
 
 
-__all__ = ["BadBlock", "BlockTable", "block_hashes", "check_meta", "parse_block_table", "read_meta",
-           "verify_block", "verify_blocks"]
+__all__ = ["BadBlock", "BlockTable", "block_hashes", "check_meta", "parse_block_table", "raw_block",
+           "read_meta", "verify_block", "verify_blocks"]
