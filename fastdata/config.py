@@ -56,6 +56,10 @@ class CacheConfig:
     limit: int | None = None
     #: seconds a process waits for another's fetch of the same shard, or for room
     wait_timeout: float = 120.0
+    #: fetch remote format-v1.1 raw shards block by block: a shard's metadata first, then
+    #: the blocks each batch (or the prefetcher) needs, each verified (``reader/blocks.py``).
+    #: Off by default for now: shards are fetched whole.
+    blocks: bool = False
 
     def __post_init__(self) -> None:
         if self.limit is not None:

@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 "$PY" -c 'import deepspeed' 2>/dev/null || DS_BUILD_OPS=0 "$PY" -m pip install -q --no-build-isolation deepspeed
 # Azurite (the Azure Storage emulator, from npm) for the blob tests, which start and stop it.
 bash scripts/azurite.sh install
-# Lint first: ruff with the project's configuration (pyproject.toml) over the whole tree.
+# Lint and types first: ruff over the whole tree, mypy over the package (pyproject.toml).
 "$PY" -m ruff check .
+"$PY" -m mypy
 # -P keeps the source tree off sys.path so the installed package (with its compiled
 # extension) is the one tested.
 exec "$PY" -P -m pytest "$@"

@@ -111,10 +111,12 @@ class BatchAssembler:
             return
         shards, spans[:, 0] = np.unique(spans[:, 0], return_inverse=True)
         views = [self.data.shard(int(s)) for s in shards]
+        self.data.ready_rows(shards, spans)  # blocks of a shard fetched block by block
         started = time.perf_counter()
         gather(views, spans, out, mask)
         metrics.observe("reader.gather", time.perf_counter() - started)
         metrics.count("reader.tokens", len(out))
+        metrics.count("reader.bytes", len(out) * self.data.dtype.itemsize)
 
     def _read(self, rows: list[tuple[int, int, int]] | np.ndarray, total: int
               ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -162,6 +162,7 @@ class BestFitReader:
             mine = index == k
             offset[mine] = view.doc_offsets()[doc[mine]].astype(np.int64) + start[mine]
         spans = np.stack([index.astype(np.int64), offset, length], axis=1)
+        self.data.ready_rows(used, spans)  # blocks of a shard fetched block by block
         started = time.perf_counter()
         gather(views, spans, flat, mask)
         metrics.observe("reader.gather", time.perf_counter() - started)

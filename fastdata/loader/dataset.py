@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -169,8 +169,9 @@ class TokenDataset(IterableDataset):  # noqa: PLR0904 - the documented user-faci
         order = self._orders.get(key)
         if order is None:
             fingerprints = [d.manifest.fingerprint for d in self.datasets]
-            if self.mixture is None:
-                order = self.assembler().epoch_order(self.space, config, epoch, fingerprints[0])
+            if self.mixture is None:  # one source: its own assembler (a blend has a BlendAssembler)
+                one = cast(BatchAssembler, self.assembler())
+                order = one.epoch_order(self.space, config, epoch, fingerprints[0])
             else:
                 plan = self.mixture.plan(config.global_batch)
                 order = BlendOrder(self.spaces, plan, config, epoch, fingerprints, permute)
@@ -229,6 +230,8 @@ class TokenDataset(IterableDataset):  # noqa: PLR0904 - the documented user-faci
         if self._cache_limit is None:
             return
         world, limit = self._cache_world, self._cache_limit
+        if world is None:  # set with the limit in __init__
+            world = self._cache_world = World.detect(getattr(self, "world", None))
         largest = max((int(d.shards.column("raw_bytes").max()) for d in self.datasets if len(d.shards)),
                       default=0)
         fitted = cache_fit.fit(limit, largest, world.ranks_per_node, self.working_set(world), processes)

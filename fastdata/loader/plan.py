@@ -72,8 +72,16 @@ class RankPlan:
         """Make sure shard ``key`` is cached, with ``step`` as its next use; returns its raw size."""
         source, shard = split_key(key)
         data = self.datasets[source]
-        _, release = data.files.acquire(shard, next_use=step, ahead=True)
-        release()
+        path, release = data.files.acquire(shard, next_use=step, ahead=True)
+        try:
+            fill = data.files.block_fill(shard, path)  # fetched block by block: all of its blocks
+            if fill is not None:
+                try:
+                    fill.ensure_all()
+                finally:
+                    fill.close()
+        finally:
+            release()
         return data.shards[shard].raw_bytes
 
     def batch(self, step: int) -> Arrays:

@@ -73,6 +73,10 @@ class MegatronFiles:
         self.__dict__.update(state)
         self._setup()
 
+    def block_fill(self, index: int, path: str) -> None:
+        """Megatron ranges are fetched whole: no block-by-block filling."""
+        return None
+
     def size(self, index: int) -> int:
         start, end = self.byte_ranges[index]
         return int(end - start)

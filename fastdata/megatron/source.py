@@ -36,7 +36,8 @@ from fastdata.units import parse_size
 #: Bytes of the ``.bin`` per virtual shard (and per shard of ``fastdata import megatron``).
 SHARD_BYTES = 64 << 20
 SUFFIXES = (".idx", ".bin")
-_WIDER = {"uint8": np.dtype(np.uint16), "int8": np.dtype(np.int32), "int16": np.dtype(np.int32)}
+_WIDER: dict[str, np.dtype] = {"uint8": np.dtype(np.uint16), "int8": np.dtype(np.int32),
+                                "int16": np.dtype(np.int32)}
 
 
 def megatron_prefix(url: str) -> tuple[str, str] | None:
@@ -93,7 +94,7 @@ class MegatronDataset(Dataset):
         the ``.bin``'s own dtype, as Megatron's reader does."""
         return _WIDER.get(self.index.dtype.name, self.index.dtype)
 
-    def _open(self, index: int) -> tuple[ShardView, Release]:
+    def _open(self, index: int) -> tuple[ShardView, Release, None]:
         """Map virtual shard ``index``: a raw-token view of its ``.bin`` range (pinned while open)."""
         lo, hi = (int(b) for b in self.bounds[index : index + 2])
         offsets = np.zeros(hi - lo + 1, dtype=np.uint64)
@@ -105,7 +106,7 @@ class MegatronDataset(Dataset):
         except BaseException:
             release()
             raise
-        return view, release
+        return view, release, None  # a .bin range has no blocks to fetch apart
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the index arrays: a worker maps the local ``.idx`` (or its copy) again."""
@@ -163,11 +164,13 @@ def read_index(store: Store, stem: str, cache_dir: str | None = None) -> tuple[M
         FastdataDownloadError: the remote ``.idx`` could not be read.
     """
     idx_name, bin_name = stem + ".idx", stem + ".bin"
-    sizes = {name: store.size(name) for name in (idx_name, bin_name)}
-    for name, size in sizes.items():
+    sizes: dict[str, int] = {}
+    for name in (idx_name, bin_name):
+        size = store.size(name)
         if size is None:
             raise FastdataFormatError(f"{store.describe(name)} does not exist: a Megatron dataset needs both "
                                       f"{idx_name} and {bin_name}")
+        sizes[name] = size
     if store.local:
         path = store.path(idx_name)
     else:

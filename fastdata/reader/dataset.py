@@ -23,6 +23,7 @@ from fastdata.errors import FastdataFormatError
 from fastdata.format.manifest import Manifest, ShardTable, TokenizerInfo
 from fastdata.format.reader import ShardView, gather, open_shard
 from fastdata.format.spec import DTYPE_CODES, DTYPES
+from fastdata.reader.blocks import BlockFill
 from fastdata.reader.files import FastdataFiles, Release, ShardFiles, default_cache_dir
 from fastdata.reader.manifest import load_manifest
 from fastdata.storage.remote import Store
@@ -54,6 +55,7 @@ class Dataset:
         self._doc_starts = np.concatenate([[0], np.cumsum(docs)])
         self._token_starts = np.concatenate([[0], np.cumsum(toks)])
         self._views: OrderedDict[int, tuple[ShardView, Release]] = OrderedDict()
+        self._fills: dict[int, BlockFill] = {}  # open block-mode shards (reader/blocks.py)
         self._opening = 0  # shards being opened by other threads, counted against max_open_shards
         self._lock = threading.Lock()
         self.files: ShardFiles = files or FastdataFiles(store, manifest, cache_dir, cache_limit)
@@ -109,7 +111,7 @@ class Dataset:
         started = time.perf_counter()
         try:
             with metrics.stage("fetch"):  # the download, or the wait for another's (docs/metrics.md)
-                view, release = self._open(index)
+                view, release, fill = self._open(index)
         except BaseException:
             with self._lock:
                 self._opening -= 1
@@ -121,6 +123,8 @@ class Dataset:
                 view = self._views[index][0]
             else:
                 self._views[index] = (view, release)
+                if fill is not None:
+                    self._fills[index] = fill
             self._views.move_to_end(index)
             dropped += self._evict(self.max_open_shards)
         _drop(dropped)
@@ -131,13 +135,17 @@ class Dataset:
         """Take the least recently used entries beyond ``keep`` out (call with the lock held)."""
         out = []
         while self._views and len(self._views) > max(keep, 0):
-            out.append(self._views.popitem(last=False)[1])
+            index, entry = self._views.popitem(last=False)
+            self._fills.pop(index, None)
+            out.append(entry)
         return out
 
-    def _open(self, index: int) -> tuple[ShardView, Release]:
+    def _open(self, index: int) -> tuple[ShardView, Release, BlockFill | None]:
         info = self.shards[index]
-        path, release = self.files.acquire(index)
+        path, unpin = self.files.acquire(index)
+        fill = None
         try:
+            fill = self.files.block_fill(index, path)
             view = open_shard(path)
             if view.num_docs != info.docs or view.num_tokens != info.tokens:
                 raise FastdataFormatError(
@@ -145,14 +153,44 @@ class Dataset:
                     f"says {info.docs} / {info.tokens}"
                 )
         except BaseException:
-            release()
+            if fill is not None:
+                fill.close()
+            unpin()
             raise
-        return view, release
+        if fill is None:
+            return view, unpin, None
+
+        def release(fill: BlockFill = fill) -> None:
+            fill.close()
+            unpin()
+
+        return view, release, fill
+
+    def ready(self, index: int, starts: np.ndarray, lengths: np.ndarray) -> None:
+        """Make tokens ``[start, start + length)`` of shard ``index`` readable: for a shard
+        fetched block by block, fetch and verify the blocks they lie in (``reader/blocks.py``);
+        for any other shard nothing to do. Call after :meth:`shard`, before reading."""
+        if not self._fills:
+            return
+        with self._lock:
+            fill = self._fills.get(index)
+        if fill is None:
+            return
+        fill.ensure(fill.blocks_of(np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)))
+
+    def ready_rows(self, shards: np.ndarray, spans: np.ndarray) -> None:
+        """:meth:`ready` for gather rows ``spans`` of (index into ``shards``, start, length)."""
+        if not self._fills:
+            return
+        for i, shard in enumerate(shards.tolist()):
+            rows = spans[spans[:, 0] == i]
+            self.ready(int(shard), rows[:, 1], rows[:, 2])
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without open mappings or locks (DataLoader workers reopen lazily)."""
         state = self.__dict__.copy()
         state["_views"] = OrderedDict()  # each process pins and maps for itself
+        state["_fills"] = {}
         state["_opening"] = 0
         del state["_lock"]
         return state
@@ -171,14 +209,20 @@ class Dataset:
     def doc(self, i: int) -> np.ndarray:
         """Tokens of document ``i`` (zero-copy, read-only)."""
         s, j = self._locate(i)
-        return self.shard(s).doc(j)
+        view = self.shard(s)
+        start, length = view.doc_bounds(j)
+        self.ready(s, np.array([start]), np.array([length]))
+        return view.doc(j)
 
     __getitem__ = doc
 
     def loss_mask(self, i: int) -> np.ndarray:
         """Loss mask of document ``i`` (1 = trained); only for datasets packed from chat data."""
         s, j = self._locate(i)
-        return self.shard(s).doc_loss_mask(j)
+        view = self.shard(s)
+        start, length = view.doc_bounds(j)
+        self.ready(s, np.array([start]), np.array([length]))
+        return view.doc_loss_mask(j)
 
     def doc_lengths(self) -> np.ndarray:
         """Length in tokens of every document, in order."""
@@ -190,13 +234,16 @@ class Dataset:
         if not 0 <= start <= stop <= self.num_tokens:
             raise IndexError(f"token range [{start}, {stop}) outside [0, {self.num_tokens})")
         first = int(np.searchsorted(self._token_starts, start, side="right")) - 1
-        spans, views, pos = [], [], start
+        spans: list[tuple[int, int, int]] = []
+        views: list[ShardView] = []
+        pos = start
         s = first
         while pos < stop:
             end = min(stop, int(self._token_starts[s + 1]))
             if end > pos:
                 spans.append((len(views), pos - int(self._token_starts[s]), end - pos))
                 views.append(self.shard(s))
+                self.ready(s, np.array([spans[-1][1]]), np.array([end - pos]))
             pos, s = end, s + 1
         out = np.empty(stop - start, dtype=self.dtype)
         if spans:
@@ -253,7 +300,8 @@ def open_packed(url: str, *, storage_options: Mapping[str, Any] | None = None,  
                              cache_limit=cache_limit)
     store = Store(url, storage.options)
     manifest = load_manifest(store, cache.dir or default_cache_dir())
-    files = FastdataFiles(store, manifest, cache.dir, cache.limit, storage.retry)
+    files = FastdataFiles(store, manifest, cache.dir, cache.limit, storage.retry, blocks=cache.blocks,
+                          wait_timeout=cache.wait_timeout)
     return Dataset(store, manifest, cache.dir, cache.limit, files=files)
 
 

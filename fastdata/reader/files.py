@@ -33,6 +33,7 @@ from fastdata.errors import FastdataCacheError, FastdataConfigError, FastdataInt
 from fastdata.format.compression import decompress_shard
 from fastdata.format.hashing import hash_file
 from fastdata.format.manifest import Manifest, ShardInfo
+from fastdata.reader.blocks import BlockFill, block_mode, check_sparse, fetch_meta
 from fastdata.storage.download import RetryPolicy, download
 from fastdata.storage.plain_cache import drop, open_plain_directory, plain_file, private_directory
 from fastdata.storage.remote import Store
@@ -49,9 +50,10 @@ _caches: dict[tuple[str, int, int], object] = {}
 _caches_lock = threading.Lock()
 
 
-def node_cache(root: str, limit: int):  # noqa: ANN201 - NodeCache, imported lazily
+def node_cache(root: str, limit: int, wait_timeout: float | None = None):  # noqa: ANN201 - NodeCache, lazily
     """The process's one NodeCache for ``root``: LMDB allows a single open environment per
-    file per process, so every dataset on the same root shares it."""
+    file per process, so every dataset on the same root shares it (and the ``wait_timeout``
+    of the first to open it; None: the cache's default)."""
     from fastdata.storage.cache import NodeCache
 
     key = (os.path.realpath(root), limit, os.getpid())
@@ -63,7 +65,8 @@ def node_cache(root: str, limit: int):  # noqa: ANN201 - NodeCache, imported laz
                 raise FastdataConfigError(
                     f"node cache {root} is already open in this process with cache_limit {others[0][1]}; "
                     f"use the same limit (got {limit})")
-            cache = _caches[key] = NodeCache(root, limit)
+            cache = _caches[key] = (NodeCache(root, limit) if wait_timeout is None
+                                    else NodeCache(root, limit, wait_timeout=wait_timeout))
         return cache
 
 
@@ -97,6 +100,10 @@ class ShardFiles(Protocol):
     #: the shards are the user's own files, read where they lie (never fetched or cached)
     in_place: bool
 
+    def block_fill(self, index: int, path: str) -> BlockFill | None:
+        """For a shard whose payload is fetched block by block, what fills its file at ``path``."""
+        ...
+
     def acquire(self, index: int, next_use: float = float("inf"), *, ahead: bool = False
                 ) -> tuple[str, Release]:
         """Path of shard ``index``'s file and the callable that unpins it; ``next_use`` is the
@@ -107,10 +114,13 @@ class ShardFiles(Protocol):
 class FastdataFiles:
     """Gives a local raw file for each fastdata shard of one dataset, and says when it may go."""
 
-    def __init__(self, store: Store, manifest: Manifest, cache_dir: str | None = None,
-                 cache_limit: int | None = None, policy: RetryPolicy | None = None) -> None:
+    def __init__(self, store: Store, manifest: Manifest, cache_dir: str | None = None,  # noqa: PLR0913
+                 cache_limit: int | None = None, policy: RetryPolicy | None = None, *,
+                 blocks: bool = False, wait_timeout: float | None = None) -> None:
         self.store, self.manifest = store, manifest
         self.policy = policy or RetryPolicy()
+        self.blocks = blocks  #: fetch remote v1.1 raw shards block by block (``reader/blocks.py``)
+        self.wait_timeout = wait_timeout  #: for the node cache (None: its default)
         self.in_place = store.local and manifest.compression is None
         self.namespace = manifest.fingerprint
         self.root = cache_dir or default_cache_dir()
@@ -125,7 +135,7 @@ class FastdataFiles:
         if self.in_place:
             return
         if self.limit is not None:
-            self._cache = node_cache(self.root, self.limit)
+            self._cache = node_cache(self.root, self.limit, self.wait_timeout)
             metrics.gauge("cache.used_bytes", self._cache.usage)
             metrics.gauge("cache.limit_bytes", self.limit)
         else:
@@ -135,7 +145,7 @@ class FastdataFiles:
     def __getstate__(self) -> dict:
         """Pickle the settings only: each process opens the cache and checks files itself."""
         return {k: self.__dict__[k] for k in ("store", "manifest", "policy", "in_place", "namespace",
-                                              "root", "limit")}
+                                              "root", "limit", "blocks", "wait_timeout")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -195,7 +205,10 @@ class FastdataFiles:
             if index in self._checked:
                 return True
         try:
-            check_file(path, info.raw_bytes, info.raw_xxh3_128, path)
+            if self._by_block(info):  # its blocks are verified as they are read
+                check_sparse(path, info)
+            else:
+                check_file(path, info.raw_bytes, info.raw_xxh3_128, path)
         except FileNotFoundError:
             return None
         except FastdataIntegrityError as e:
@@ -218,8 +231,22 @@ class FastdataFiles:
         return plain_file(self._dir, raw_name, info.raw_bytes, lambda dest: self.fill(info, dest))
 
     def fill(self, info: ShardInfo, dest: str) -> None:
-        """Write shard ``info``'s verified raw bytes to ``dest`` (timed and counted as ``fetch.*``)."""
+        """Write shard ``info``'s verified raw bytes to ``dest`` (timed and counted as ``fetch.*``);
+        for a shard fetched block by block, only its metadata (``reader/blocks.py``)."""
+        if self._by_block(info):
+            with metrics.stage("fetch"):
+                fetch_meta(self.store, info, dest, self.policy)
+            return
         counted_fill(lambda: self._fill(info, dest), 0 if self.store.local else info.stored_bytes)
+
+    def block_fill(self, index: int, path: str) -> BlockFill | None:
+        """The block filler of shard ``index``'s (pinned) file at ``path``, or None when the
+        shard is read whole (local, compressed, or format v1)."""
+        info = self.manifest.shards[index]
+        return BlockFill(self.store, info, path, self.policy) if self._by_block(info) else None
+
+    def _by_block(self, info: ShardInfo) -> bool:
+        return self.blocks and block_mode(self.store, info)
 
     def _fill(self, info: ShardInfo, dest: str) -> None:
         where = self.store.describe(info.name)

@@ -133,6 +133,7 @@ def _fetch_once(store: Store, name: str, fd: int, size: int, policy: RetryPolicy
                 whole.append(True)
         else:
             data = store.read_range(name, start, end)
+        metrics.count("fetch.requests")
         if len(data) != end - start:
             raise FastdataIntegrityError(
                 f"{store.describe(name)}: bytes {start}-{end - 1} came back as {len(data)} bytes, "
