@@ -297,9 +297,13 @@ def summary_line(snap: Mapping[str, float]) -> str:
                      f"({most}p99 {1e3 * snap.get('loader.wait.p99', 0):.1f} ms)")
     if "cache.hit_rate" in snap:
         parts.append(f"cache hit {100 * snap['cache.hit_rate']:.1f} %")
+    if "cache.block_hit_rate" in snap:
+        parts.append(f"block hit {100 * snap['cache.block_hit_rate']:.1f} %")
     if snap.get("fetch.bytes"):
-        parts.append(f"fetch {snap.get('fetch.mb_per_s', 0):.1f} MB/s "
-                     f"(p50 {1e3 * snap.get('fetch.latency.p50', 0):.0f} ms/shard)")
+        per = (f", {snap['fetch.bytes_per_consumed']:.2f} B fetched per B read"
+               if "fetch.bytes_per_consumed" in snap else "")
+        parts.append(f"fetch {snap.get('fetch.mb_per_s', 0):.1f} MB/s in {snap.get('fetch.requests', 0):.0f} "
+                     f"requests (p50 {1e3 * snap.get('fetch.latency.p50', 0):.0f} ms/shard{per})")
     if snap.get("fetch.retries"):
         parts.append(f"{snap['fetch.retries']:.0f} retries")
     return ", ".join(parts)

@@ -215,3 +215,20 @@ def test_blocks_from_azurite_through_adlfs(datasets, azurite, container, tmp_pat
     kept = next(os.path.join(d, info.name) for d, _, n in os.walk(tmp_path / "c") if info.name in n)
     with open(kept, "rb") as f:  # the cached copy is the sparse file: its metadata checks
         check_meta(f.read(info.meta_bytes), info)
+
+
+def test_the_metrics_count_what_the_server_served(server, tmp_path):
+    fastdata.metrics.registry.reset()
+    ds = dataset(server.url + "/v11", str(tmp_path / "c"))
+    loader = fastdata.DataLoader(ds, batch_size=4, num_workers=0)
+    consumed = sum(b["input_ids"].numel() + b["labels"].numel() for b in loader)  # tokens gathered
+    snap = loader.metrics()
+    gets = [r for r in server.requests("GET") if "/shard-" in r.path]
+    bytes_served = sum(hi - lo for rs in served(server).values() for lo, hi in rs)
+    assert snap["fetch.requests"] == len(gets)
+    assert snap["fetch.bytes"] == bytes_served
+    assert snap["reader.bytes"] == consumed * ds.data.dtype.itemsize
+    assert snap["fetch.bytes_per_consumed"] == pytest.approx(bytes_served / snap["reader.bytes"])
+    assert 0 < snap["cache.block_hit_rate"] < 1 and snap["fetch.blocks"] > 0
+    line = fastdata.metrics.summary_line(snap)
+    assert "block hit" in line and f"in {len(gets)} requests" in line

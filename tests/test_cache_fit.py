@@ -8,7 +8,13 @@ import re
 import pytest
 
 from fastdata.errors import FastdataConfigError
-from fastdata.loader.cache_fit import CACHED_OPEN_SHARDS, fit, minimum_limit
+from fastdata.loader.cache_fit import (
+    CACHED_OPEN_SHARDS,
+    fit,
+    fitting_window,
+    minimum_limit,
+    working_set,
+)
 
 pytestmark = pytest.mark.timeout(10)
 MB = 1 << 20
@@ -53,3 +59,25 @@ def test_the_fit_module_needs_no_torch():
                           "fastdata.doctor.cache; print('torch' in sys.modules)"],
                          capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+#: (shards, partitions, global batch, micro-batch, window, shuffle) -> working set (shards)
+@pytest.mark.parametrize(("args", "expected"), [
+    ((100, 8, 8, 8, 16, True), 100),  # 8 partitions x blocks of 14 (100/8 + 1): capped at all 100
+    ((100, 8, 8, 8, 4, True), 8 * 4),  # the window bounds each partition's block
+    ((100, 8, 8, 8, 4, False), 8 * 2),  # unshuffled: the current shard and the next of each
+    ((10, 64, 64, 1, 16, True), 2 * 2),  # one slot per partition: two partitions, 2 shards each
+    ((6, 2, 2, 2, None, True), 6),  # the whole dataset
+])
+def test_working_set(args, expected):
+    assert working_set(*args) == expected
+
+
+def test_fitting_window_is_the_largest_window_whose_working_set_the_limit_holds():
+    shards, partitions, g, micro = 100, 2, 2, 2  # working set = 2 partitions x window (capped at 51)
+    for window in (3, 8, 20):
+        advised = MB * (1 * max(CACHED_OPEN_SHARDS, 2 * window) + 1)
+        assert fitting_window(advised, MB, 1, shards, partitions, g, micro) == window
+        assert fitting_window(advised - 1, MB, 1, shards, partitions, g, micro) == window - 1
+    assert fitting_window(MB * (2 * CACHED_OPEN_SHARDS + 1), MB, 2, shards, partitions, g, micro) == 2
+    assert fitting_window(MB * (2 * CACHED_OPEN_SHARDS + 1) - 1, MB, 2, shards, partitions, g, micro) is None

@@ -61,3 +61,28 @@ def fit(limit: int, largest: int, ranks: int, working_set: int, workers: int = 1
             f"least {minimum} bytes")
     room = max(1, (limit - largest * processes * per_process) // processes)
     return CacheFit(per_process, minimum, advised, room, per_process < working)
+
+
+def working_set(shards: int, partitions: int, global_batch: int, micro_batch: int,
+                window: int | None, shuffle: bool) -> int:
+    """Shards one process reads from at once: the partitions its micro-batch draws from, each
+    within its current shuffle block (``window`` shards, or the whole partition)."""
+    per_partition = -(-shards // partitions) + 1
+    slots = max(1, global_batch // partitions)
+    touched = min(partitions, -(-micro_batch // slots) + 1)
+    block = 2 if not shuffle else min(window or per_partition, per_partition)
+    return min(shards, touched * block)
+
+
+def fitting_window(limit: int, largest: int, processes: int, shards: int, partitions: int,  # noqa: PLR0913
+                   global_batch: int, micro_batch: int) -> int | None:
+    """The largest shuffle ``window`` (shards per local-shuffle block) whose working set the
+    limit holds for every process, or None when not even a window of 1 does."""
+    best = None
+    for window in range(1, shards + 1):
+        working = max(CACHED_OPEN_SHARDS, working_set(shards, partitions, global_batch, micro_batch,
+                                                      window, shuffle=True))
+        if largest * (processes * working + 1) > limit:
+            break
+        best = window
+    return best

@@ -191,6 +191,11 @@ class DataLoader:
         looked_up = snap.get("cache.hits", 0.0) + snap.get("cache.misses", 0.0)
         if looked_up:
             snap["cache.hit_rate"] = snap.get("cache.hits", 0.0) / looked_up
+        blocks = snap.get("cache.block_hits", 0.0) + snap.get("fetch.blocks", 0.0)
+        if blocks:  # block-granular reads (CacheConfig(blocks=True))
+            snap["cache.block_hit_rate"] = snap.get("cache.block_hits", 0.0) / blocks
+        if snap.get("reader.bytes"):
+            snap["fetch.bytes_per_consumed"] = snap.get("fetch.bytes", 0.0) / snap["reader.bytes"]
         if all_ranks:
             snap.update(job_view(snap))
         return snap

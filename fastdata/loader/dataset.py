@@ -239,21 +239,22 @@ class TokenDataset(IterableDataset):  # noqa: PLR0904 - the documented user-faci
             d.keep_open(fitted.per_process)
         self._tight = fitted.tight
         if fitted.tight and self.fetches:
+            cfg, shards = self.order_config(world), sum(len(d.shards) for d in self.datasets)
+            window = cache_fit.fitting_window(limit, largest, world.ranks_per_node * processes, shards,
+                                              cfg.partitions, cfg.global_batch, self.batch_size or 1)
+            instead = (f", or OrderOptions(window={window}) fits this limit" if self.shuffle and window
+                       and window < (cfg.window or shards) else "")
             log.warning("cache_limit %d bytes holds less than the shards per process this order reads at "
                         "once: shards will be opened repeatedly and may be fetched again; %d bytes or more "
-                        "keeps them", limit, fitted.advised)
+                        "keeps them%s", limit, fitted.advised, instead)
         self.prefetch_cap = fitted.prefetch_room
 
     def working_set(self, world: World) -> int:
         """Shards one rank reads from at once: the partitions its micro-batch draws from, each
         within its current shuffle block (``window`` shards, or the whole partition)."""
         cfg = self.order_config(world)
-        shards = sum(len(d.shards) for d in self.datasets)
-        per_partition = -(-shards // cfg.partitions) + 1
-        slots = max(1, cfg.global_batch // cfg.partitions)
-        partitions = min(cfg.partitions, -(-(self.batch_size or 1) // slots) + 1)
-        block = 2 if not self.shuffle else min(cfg.window or per_partition, per_partition)
-        return min(shards, partitions * block)
+        return cache_fit.working_set(sum(len(d.shards) for d in self.datasets), cfg.partitions,
+                                     cfg.global_batch, self.batch_size or 1, cfg.window, self.shuffle)
 
     @property
     def keeps_few_shards(self) -> bool:

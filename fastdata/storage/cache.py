@@ -233,6 +233,8 @@ class NodeCache(CacheRecords):
                     self._count(txn, dbs, b"files", -victim.size)
                     metrics.count("cache.evictions")
                     metrics.count("cache.evicted_bytes", victim.size)
+                    if victim.next_use != float("inf"):  # a later step was known to need it
+                        metrics.count("cache.evictions.live")
             res, tmp = self._me + os.urandom(8), temp_name(key.decode().split("\0")[1])
             txn.put(res, _U64.pack(size) + key + b"\0" + tmp.encode(), db=dbs["reserve"])
             self._count(txn, dbs, b"reserved", size)
