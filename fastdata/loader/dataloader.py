@@ -102,12 +102,8 @@ class DataLoader:
         if batch_size < 1 or num_workers < 0 or not timeout >= 0:
             raise FastdataConfigError(f"need batch_size >= 1, num_workers >= 0 and timeout >= 0, got "
                                       f"{batch_size}, {num_workers} and {timeout}")
-        if dataset.batch_size not in (None, batch_size):
-            raise FastdataConfigError(f"the dataset was built with batch_size={dataset.batch_size}, "
-                                      f"the loader asks for {batch_size}")
-        dataset.batch_size = batch_size
-        # pins per process follow the micro-batch; each worker process pins its own shards
-        dataset.fit_cache(processes=num_workers if backend == "processes" and num_workers else 1)
+        # the micro-batch shapes the order; each worker process pins its own shards
+        dataset.bind(batch_size, processes=num_workers if backend == "processes" and num_workers else 1)
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
         self.pin_memory = pin_memory and torch.cuda.is_available()
         if pin_memory and not self.pin_memory:

@@ -222,6 +222,19 @@ class TokenDataset(IterableDataset):  # noqa: PLR0904 - the documented user-faci
         """This rank's micro-batch of global step ``step`` as numpy arrays."""
         return self.plan_of(order, stripe).batch(step)
 
+    def bind(self, batch_size: int, processes: int = 1) -> None:
+        """Take the micro-batch of the loader that reads this dataset (``fastdata.DataLoader``
+        calls it once) and fit the node cache to it and its ``processes`` reading processes.
+
+        Raises:
+            FastdataConfigError: the dataset was built with another ``batch_size``.
+        """
+        if self.batch_size not in (None, batch_size):
+            raise FastdataConfigError(f"the dataset was built with batch_size={self.batch_size}, "
+                                      f"the loader asks for {batch_size}")
+        self.batch_size = batch_size
+        self.fit_cache(processes)
+
     def fit_cache(self, processes: int = 1) -> None:
         """With a node cache: how many shards each process keeps mapped (and pinned), the
         refusal of a limit that cannot work, and the prefetch room (``loader/cache_fit.py``).
