@@ -325,3 +325,129 @@ def make_proxy(target_port: int):
             return await super()._pump(r, w, down, faulty, peer, conn)
 
     return LinkProxy(target_port).start()
+
+
+# ---------------------------------------------------------------------- children and the proxy's counts
+
+
+class Child:
+    """A child process printing event lines; the parent snapshots the proxies' byte and
+    request counts at each event, so bytes and requests per epoch exclude construction
+    (manifest) and the other epochs. ``ev["bytes"]`` is relative to the child's start,
+    ``ev["abs"]`` / ``ev["reqs"]`` are the proxies' absolute byte counts and request-log
+    lengths (children sharing one proxy compare on those)."""
+
+    def __init__(self, cmd: list[str], proxies: list, env: dict | None = None, spawn: float | None = None
+                 ) -> None:
+        import threading  # noqa: PLC0415
+
+        self.proxies, self.events, self.result, self.stderr, self.last = proxies, [], None, "", None
+        self.spawn = spawn or time.time()
+        self.base = [p.counters.bytes_down for p in proxies]
+        self.base_reqs = [len(p.counters.requests) for p in proxies]
+        full_env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=full_env)
+        self._err = threading.Thread(target=self._read_err, daemon=True)
+        self._err.start()
+        self._out = threading.Thread(target=self._read_out, daemon=True)
+        self._out.start()
+
+    def _bytes(self) -> list[int]:
+        return [p.counters.bytes_down - b for p, b in zip(self.proxies, self.base)]
+
+    def _read_err(self) -> None:
+        self.stderr = self.proc.stderr.read()
+
+    def _read_out(self) -> None:
+        for line in self.proc.stdout:
+            line = line.strip()
+            if line.startswith('{"event"'):
+                ev = json.loads(line)
+                ev["t"], ev["bytes"] = time.time(), self._bytes()
+                ev["abs"] = [p.counters.bytes_down for p in self.proxies]
+                ev["reqs"] = [len(p.counters.requests) for p in self.proxies]
+                self.events.append(ev)
+            elif line:
+                self.last = line
+
+    def wait(self, timeout: float) -> dict:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self._out.join(5)
+            return {"error": f"timed out after {timeout:.0f} s", "stderr": self.stderr[-2000:]}
+        self._out.join(10)
+        self._err.join(10)
+        if self.proc.returncode != 0 or not self.last:
+            return {"error": f"exit {self.proc.returncode}", "stderr": self.stderr[-3000:]}
+        r = json.loads(self.last)
+        r["events"], r["bytes_total"], r["spawn"] = self.events, self._bytes(), self.spawn
+        r["reqs_span"] = [[b, len(p.counters.requests)] for p, b in zip(self.proxies, self.base_reqs)]
+        return r
+
+
+def _range_end(spec: str | None) -> int | None:
+    """The last byte of ``bytes=a-b`` (None: no range, or an open one)."""
+    if not spec or "=" not in spec:
+        return None
+    _, _, b = spec.split("=", 1)[1].partition("-")
+    return int(b) if b.strip().isdigit() else None
+
+
+def count_requests(reqs: list, meta_bytes: dict[str, int]) -> dict:
+    """HTTP requests the proxy saw, by kind: ``data_gets`` (GETs of a shard's payload: no
+    range, or a range that ends past the shard's metadata section), ``meta_gets`` (ranged
+    GETs inside ``[0, meta_bytes)``), ``other`` (manifest, listings, HEADs, ...)."""
+    out = {"requests": len(reqs), "data_gets": 0, "meta_gets": 0, "other": 0}
+    for q in reqs:
+        name = q.path.split("?", 1)[0].rsplit("/", 1)[-1]
+        if q.method != "GET" or name not in meta_bytes:
+            out["other"] += 1
+            continue
+        end = _range_end(q.range)
+        meta = meta_bytes[name]
+        out["meta_gets" if meta and end is not None and end < meta else "data_gets"] += 1
+    return out
+
+
+def requests_between(proxy, start: int, end: int, meta_bytes: dict[str, int]) -> dict:
+    return count_requests(proxy.counters.requests[start:end], meta_bytes)
+
+
+#: fastdata counters differenced per epoch (the child records a snapshot at each epoch's end).
+METRIC_KEYS = ("fetch.requests", "fetch.bytes", "fetch.blocks", "fetch.shards", "reader.bytes",
+               "reader.tokens", "cache.hits", "cache.misses", "cache.evictions", "fetch.retries")
+
+
+def fresh_dir(path: Path) -> Path:
+    import shutil  # noqa: PLC0415
+
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def summarize_epochs(r: dict, proxy=None, idx: int = 0, meta_bytes: dict | None = None) -> list[dict]:
+    """Per epoch: bytes through proxy ``idx`` between its start and end events, MB/s, the
+    consumed sample bytes, their ratio, the proxy's requests by kind (``proxy`` given) and
+    the epoch's increments of fastdata's counters (``METRIC_KEYS``)."""
+    ev = {(e["event"], e["epoch"]): e for e in r.get("events", []) if e.get("bytes")}
+    out, before = [], {}
+    for i, e in enumerate(r.get("epochs", [])):
+        s, t = ev.get(("start", i)), ev.get(("end", i))
+        b = t["bytes"][idx] - s["bytes"][idx] if s and t else None
+        reqs = (requests_between(proxy, s["reqs"][idx], t["reqs"][idx], meta_bytes or {})
+                if proxy is not None and s and t else None)
+        snap = e.get("metrics") or {}
+        delta = {k: snap[k] - before.get(k, 0.0) for k in METRIC_KEYS if k in snap}
+        before = snap or before
+        consumed = e["tokens"] * 2
+        out.append({**e, "bytes": b, "mb_per_s": (b / MB / e["wall_s"]) if b else 0.0,
+                    "tokens_per_s": e["tokens"] / e["wall_s"], "consumed_bytes": consumed,
+                    "amplification": (b / consumed) if b and consumed else None,
+                    "requests": reqs, "metrics_delta": delta})
+    return out

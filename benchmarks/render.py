@@ -227,6 +227,12 @@ def remote_markdown(res: dict) -> str:  # noqa: C901 - one table after another
     info, a = res["dataset"], res["args"]
     cap, lat = a["cap"], a["latency"]
     L = ["### Remote streaming (Azurite behind a proxy)", ""]
+    if res.get("quick"):
+        L += ["**`--quick` smoke test: a tiny dataset and short runs; these numbers are not results.**", ""]
+    if res.get("command"):
+        L += [f"Command: `{res['command']}`; fastdata sources at commit `{res['source']['commit']}`"
+              + (f" with uncommitted changes in {', '.join(res['source']['uncommitted'])}"
+                 if res["source"].get("uncommitted") else "") + ".", ""]
     L.append(f"Data: {info['tokens'] / 1e6:,.0f} M random uint16 tokens packed by `fastdata pack` into "
              f"{info['shards']} shards of ~{a['shard_size']} ({info['bytes'] / MB:,.0f} MB), uploaded to "
              f"an in-memory Azurite on loopback ({fmt(res.get('upload_mb_per_s'))} MB/s upload). Clients "
@@ -298,6 +304,7 @@ def remote_markdown(res: dict) -> str:  # noqa: C901 - one table after another
                   f"{dw['wait_after_first_s'] * 1e3:.0f} ms of waiting in {dw['after_first_s']:.1f} s = "
                   f"**{dw['share']:.2%}** of the time (target < 1 %), longest single wait "
                   f"{dw['max_wait_s'] * 1e3:.1f} ms."]
+    L += targets_markdown(res)
     pe = res.get("peers")
     if pe:
         L += ["", "#### Peers, same samples (8 x 2049 batches, 2 workers, shuffled)", ""]
@@ -327,3 +334,158 @@ def remote_markdown(res: dict) -> str:  # noqa: C901 - one table after another
                      "÷ the peer's (above 1: fastdata faster). " + " ".join(pe.get("notes", [])))
     L.append("")
     return "\n".join(L)
+
+
+# ---------------------------------------------------------------------------- issue 11's targets
+
+def _ok(flag: bool | None) -> str:
+    return "—" if flag is None else ("**met**" if flag else "**missed**")
+
+
+def _reqs(q: dict | None) -> str:
+    return "—" if not q else f"{q['data_gets']:,} / {q['meta_gets']:,} / {q['requests']:,}"
+
+
+def _fd_requests(e: dict) -> str:
+    d = e.get("metrics_delta") or {}
+    if "fetch.requests" in d:
+        return f"{d['fetch.requests']:,.0f}"
+    return f"({d['fetch.shards']:,.0f} shards)" if "fetch.shards" in d else "—"
+
+
+def sweep_rows(sw: dict, total: int) -> tuple[list[str], list[tuple[str, float | None, bool]]]:
+    """The cache-limit sweep's table, and per row (label, wire/consumed, finished)."""
+    L = [f"**Cache limit sweep** ({shaping(sw['latency_s'], sw['cap_bps'])}, fresh cache, one cold "
+         f"epoch, stopped after {sw['max_s']:.0f} s). Bytes on the wire and requests are counted at the "
+         "proxy; \"sample MB\" is 2 bytes x the tokens of the batches consumed. Requests: data GETs (a "
+         "shard's payload) / metadata GETs (ranged, inside the metadata section) / all HTTP requests of "
+         "the epoch. The accepted minimum is probed: " + f"`{sw['minimum']['message'][:300]}`.", "",
+         "| cache limit | MB | of dataset | epoch s | of epoch | wire MB | sample MB | wire / samples "
+         "| requests (proxy) | fastdata fetch.requests | vs ample |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    ample = next((r["epochs"][0]["wall_s"] for r in sw["rows"] if r["label"] == "ample" and r.get("epochs")),
+                 None)
+    out = []
+    for r in sw["rows"]:
+        head = f"| {r['label']} | {r['cache_limit'] / MB:,.1f} | {r['share']:.0%} |"
+        if "refused" in r or "error" in r:
+            why = f"refused: below the accepted minimum ({sw['minimum']['minimum'] / MB:,.1f} MB)" \
+                if "refused" in r else f"failed: {r['error']}"
+            L.append(f"{head} {why} | | | | | | | |")
+            out.append((r["label"], None, False))
+            continue
+        e = r["epochs"][0]
+        frac = e["batches"] / e["steps"] if e.get("steps") else None
+        done = frac is None or frac >= 0.999
+        wall = f"{e['wall_s']:.1f}" if done else f"> {e['wall_s']:.0f} (stopped)"
+        vs = f"{e['wall_s'] / ample:.2f}x" if ample and done else ("> " + f"{e['wall_s'] / ample:.1f}x"
+                                                                  if ample else "—")
+        L.append(f"{head} {wall} | {fmt(frac, '.0%') if frac is not None else '—'} | "
+                 f"{fmt((e['bytes'] or 0) / MB, '.1f')} | {e['consumed_bytes'] / MB:,.1f} | "
+                 f"{fmt(e['amplification'], '.2f')}x | {_reqs(e.get('requests'))} | {_fd_requests(e)} | "
+                 f"{vs} |")
+        out.append((r["label"], e["amplification"], done))
+    return L, out
+
+
+def link_rows(lk: dict) -> list[str]:
+    L = ["**Cold epoch against the link** (fresh cache, limit above the dataset; 2 ranks = two processes "
+         "of one node sharing one cache dir and one proxy; MB/s = bytes through the proxy from the first "
+         "rank's epoch start to the last rank's epoch end / that time):", "",
+         "| link | ranks | epoch s | wire MB | MB/s | of link | requests (proxy) | target ≥ 90 % |",
+         "|---|---:|---:|---:|---:|---:|---|---|"]
+    for r in lk["rows"]:
+        link = shaping(r["latency_s"], r["cap_bps"])
+        if "error" in r:
+            L.append(f"| {link} | {r['ranks']} | failed: {r['error']} | | | | | |")
+            continue
+        share = r["mb_per_s"] * MB / r["cap_bps"]
+        L.append(f"| {link} | {r['ranks']} | {r['wall_s']:.1f} | {(r['bytes'] or 0) / MB:,.0f} | "
+                 f"{r['mb_per_s']:.1f} | {share:.0%} | {_reqs(r.get('requests'))} | {_ok(share >= 0.9)} |")
+    return L
+
+
+def targets_markdown(res: dict) -> list[str]:  # noqa: C901 - one target after another
+    info = res["dataset"]
+    L, T = [], []  # T: (target, measured, status)
+    sw = res.get("sweep")
+    if sw and "error" not in sw:
+        rows, per = sweep_rows(sw, info["total_bytes"])
+        L += ["", *rows]
+        amp = [a for _, a, _ in per if a is not None]
+        worst = max(amp, default=None)
+        T.append(("bytes on the wire ≤ 1.1x the sample bytes, every limit from the minimum up",
+                  ", ".join(f"{lbl}: {fmt(a, '.2f') + 'x' if a is not None else 'refused/failed'}"
+                            for lbl, a, _ in per), _ok(bool(per) and all(a is not None for _, a, _ in per)
+                                                       and worst is not None and worst <= 1.1)))
+        ample = next((r["epochs"][0]["wall_s"] for r in sw["rows"] if r["label"] == "ample"
+                      and r.get("epochs")), None)
+        mid = [r for r in sw["rows"] if r["label"] in ("15%", "35%")]
+        if mid and ample:
+            txt, good = [], True
+            for r in mid:
+                if not r.get("epochs"):
+                    txt.append(f"{r['label']}: refused/failed")
+                    good = False
+                    continue
+                e = r["epochs"][0]
+                done = not e.get("steps") or e["batches"] >= e["steps"]
+                txt.append(f"{r['label']}: {'' if done else '> '}{e['wall_s'] / ample:.2f}x "
+                           f"({e['wall_s']:.1f} s, {_reqs(e.get('requests'))} requests)")
+                good = good and done and e["wall_s"] <= 2 * ample
+            T.append((f"epoch at 15–35 % cache ≤ 2x the ample cold epoch ({ample:.1f} s)", "; ".join(txt),
+                      _ok(good)))
+    elif sw:
+        L += ["", f"**Cache limit sweep** failed: {sw['error']}"]
+    lk = res.get("link")
+    if lk:
+        L += ["", *link_rows(lk)]
+        for r in lk["rows"]:
+            if "error" not in r:
+                share = r["mb_per_s"] * MB / r["cap_bps"]
+                link = shaping(r["latency_s"], r["cap_bps"])
+                T.append((f"cold epoch ≥ 90 % of {link}, {r['ranks']} rank(s)",
+                          f"{share:.0%} ({r['mb_per_s']:.1f} MB/s)", _ok(share >= 0.9)))
+    tn = res.get("two_nodes")
+    if tn and all("error" not in n for n in tn["nodes"]):
+        shares = [n["bytes"] / info["total_bytes"] for n in tn["nodes"]]
+        T.append(("two fake nodes each fetch only their own share (≤ 55 % of the dataset each)",
+                  " / ".join(f"{s:.0%}" for s in shares), _ok(max(shares) <= 0.55)))
+    tt = res.get("ttfb")
+    ok = [r for r in (tt or {}).get("runs", []) if "error" not in r]
+    if ok:
+        r = min(ok, key=lambda r: r["construct_and_first_s"])
+        un = (res.get("unshaped") or {}).get("epochs") or [{}]
+        rate = (un[0].get("mb_per_s") or 0) * MB or res["args"]["cap"]
+        allow = min(r["first_bytes"], 2 * 8 * (info.get("block_size") or 0))
+        bound = 1 + allow / rate
+        T.append((f"first batch from a cold cache at {tt['latency_s'] * 1e3:.0f} ms < 1 s + the first "
+                  "step's transfer",
+                  f"construction {r['construct_s']:.2f} s + first batch {r['first_batch_s']:.2f} s = "
+                  f"{r['construct_and_first_s']:.2f} s; {r['first_bytes'] / MB:,.1f} MB on the wire "
+                  "before it "
+                  f"(bound {bound:.2f} s: 1 s + up to 2 blocks per sample at {rate / MB:.0f} MB/s)",
+                  _ok(r["construct_and_first_s"] < bound)))
+    lt = (res.get("local") or {}).get("tokens_per_s")
+    sh, rr = res.get("shaped") or {}, res.get("rerun") or {}
+    if lt and len(sh.get("epochs") or []) > 1:
+        v = sh["epochs"][1]["tokens_per_s"] / lt
+        T.append(("warm epoch (ample cache, same process) ≥ 0.95x the local directory", f"{v:.2f}x",
+                  _ok(v >= 0.95)))
+    if rr.get("epochs"):
+        e, pq = rr["epochs"][0], rr.get("process_requests") or {}
+        v = e["tokens_per_s"] / lt if lt else None
+        L += ["", f"**Warm re-run** (a new process on the shaped run's warm cache, one epoch): "
+              f"{e['wall_s']:.1f} s, {fmt(v, '.2f')}x the local directory; requests through the proxy "
+              f"over the whole process (construction included): {_reqs(pq)} (data / metadata / all); "
+              f"{(e['bytes'] or 0) / MB:,.1f} MB during the epoch."]
+        T.append(("warm re-run (new process, warm cache) makes 0 data GETs",
+                  f"{pq.get('data_gets')} data GETs, {pq.get('meta_gets')} metadata GETs, "
+                  f"{pq.get('requests')} requests in all (its epoch: {fmt(v, '.2f')}x the local directory)",
+                  _ok(pq.get("data_gets") == 0)))
+    pe = res.get("peers")
+    T.append(("peers side by side (LitData, MosaicML)", "run" if pe and "error" not in pe
+              else f"not run: {(pe or {}).get('error', 'phase not selected')}", "—"))
+    L += ["", "#### Targets (issue 11)", "", "| target | measured | status |", "|---|---|---|"]
+    L += [f"| {t} | {m} | {s} |" for t, m, s in T]
+    return L

@@ -73,7 +73,7 @@ if [[ $QUICK == 1 ]]; then
   LOADER_ARGS=(--repeat 1 --inproc-batches 20 --inproc-rounds 1 --loader-batches 30
                --first-runs 1 --synthetic-shards 20000 --synthetic-samples 20000000
                --synthetic-runs 1)
-  REMOTE_ARGS=(--tokens 8e6 --shard-size 2MB --ttfb-runs 1 --wait-steps 20)
+  REMOTE_ARGS=(--quick --wait-steps 20)
   [[ $RECORD == 1 ]] || { RESULTS="$WORK/RESULTS.md"; CHARTS="$WORK/charts"; }
 fi
 if [[ $PACK_READER == 0 && $LOADER == 0 ]]; then TITLE="$TITLE, remote benchmark only"
