@@ -158,7 +158,7 @@ def minimum_child(cfg: dict) -> dict:
                                    cache_dir=cfg["cache_dir"], cache_limit=1)
         fastdata.DataLoader(ds, batch_size=BATCH, num_workers=WORKERS)
     except Exception as e:  # noqa: BLE001 - the refusal is the answer
-        m = re.search(r"at least (\d+) bytes", str(e))
+        m = re.search(r"at least (\d+) bytes", str(e)) or re.search(r"(\d+) bytes\D*$", str(e))
         return {"minimum": int(m.group(1)) if m else None, "message": f"{type(e).__name__}: {e}"}
     return {"minimum": 1, "message": "a 1-byte cache_limit was accepted"}
 
