@@ -98,11 +98,32 @@ def _dataset_needs(options: DoctorOptions, manifest: Manifest, room: int, have: 
             "each); "
             f"use at least {minimum} bytes")
     in_place = is_local(str(options.url)) and manifest.compression is None  # read where it lies
+    if options.batch_size is not None and not in_place:
+        live = live_set(options, len(raw), largest)
+        if limit is not None and limit < live:
+            world = options.world_size or ranks
+            partitions = options.partitions or options.batch_size * world
+            window = cache_fit.fitting_window(limit, largest, ranks, len(raw), partitions,
+                                              options.batch_size * world, options.batch_size)
+            fits = f", or OrderOptions(window={window}) fits this limit" if window else ""
+            problems.append(f"cache_limit {limit} bytes is below the live set of this job on this node, "
+                            f"{live} bytes (each rank's working set of shards, pinned); shards would be "
+                            f"fetched again and again: use at least {live} bytes{fits}")
     total = int(raw.sum())
     if limit is None and not in_place and room < total:
         problems.append(f"without --cache-limit every shard stays cached ({format_size(total)} raw), "
                         f"more than the {have}; set a cache_limit of at least {minimum} bytes")
     return minimum, problems
+
+
+def live_set(options: DoctorOptions, shards: int, largest: int) -> int:
+    """Bytes this node's ranks keep pinned at once for the job's order settings: the cache
+    fit's advised limit (``loader/cache_fit.py``), the least that avoids fetching again."""
+    ranks, micro = options.ranks_per_node, options.batch_size or 1
+    global_batch = micro * (options.world_size or ranks)
+    working = cache_fit.working_set(shards, options.partitions or global_batch, global_batch, micro,
+                                    options.window, shuffle=True)
+    return largest * (ranks * max(cache_fit.CACHED_OPEN_SHARDS, working) + 1)
 
 
 def _cache_space(options: DoctorOptions, manifest: Manifest | None) -> Check:
@@ -114,6 +135,9 @@ def _cache_space(options: DoctorOptions, manifest: Manifest | None) -> Check:
     problems: list[str] = []
     if manifest is not None and len(manifest.shards):
         values["minimum"], problems = _dataset_needs(options, manifest, free + cached, have)
+        if options.batch_size is not None:
+            raw = manifest.shards.column("raw_bytes")
+            values["live_set"] = live_set(options, len(raw), int(raw.max()))
     if limit is not None and free + cached < limit:
         problems.append(f"cache_limit {format_size(limit)} ({limit} bytes) is more than the {have} on the "
                         f"filesystem: the cache would fill the disk; lower it to at most {free + cached} "
@@ -122,6 +146,8 @@ def _cache_space(options: DoctorOptions, manifest: Manifest | None) -> Check:
         return Check("cache-space", FAIL, "; ".join(problems), values)
     shown = f"cache_limit {limit} bytes ({format_size(limit)})" if limit is not None else "no cache_limit"
     fits = f", the dataset needs at least {values['minimum']} bytes" if "minimum" in values else ""
+    if "live_set" in values:
+        fits += f" and this job's live set on this node is {values['live_set']} bytes"
     return Check("cache-space", PASS, f"{shown}{fits}; {have}", values)
 
 

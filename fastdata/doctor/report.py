@@ -59,10 +59,21 @@ class DoctorOptions:
     env: Mapping[str, str] = field(default_factory=dict)
     budget: Budget = field(default_factory=Budget)
     thresholds: Thresholds = field(default_factory=Thresholds)
+    #: the job's order settings, for the live set the cache must hold (``cache-space``):
+    #: micro-batch per rank (None: not reported), ranks in the job (None: ranks_per_node),
+    #: ``OrderOptions.window`` and ``partitions`` (None: the global batch)
+    batch_size: int | None = None
+    world_size: int | None = None
+    window: int | None = 16
+    partitions: int | None = None
 
     def __post_init__(self) -> None:
         if self.ranks_per_node < 1:
             raise FastdataConfigError(f"ranks_per_node must be >= 1, got {self.ranks_per_node}")
+        for name in ("batch_size", "world_size", "window", "partitions"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise FastdataConfigError(f"{name} must be >= 1, got {value}")
         if self.cache_limit is not None and self.cache_limit <= 0:
             raise FastdataConfigError(f"cache_limit must be positive, got {self.cache_limit}")
 
