@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xxhash
-from _faultproxy import FaultProxy
+from _fs import proxied
 from _jobs import Job
 from _loader import ids_of
 from _shards import shard_bytes
@@ -127,9 +127,8 @@ def container(azurite):
 
 @pytest.fixture
 def proxy(azurite):
-    p = FaultProxy(azurite["port"]).start()
-    yield p
-    p.stop()
+    with proxied(azurite["port"]) as p:
+        yield p
 
 
 # ---------------------------------------------------------------------------- child processes

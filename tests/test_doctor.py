@@ -17,7 +17,7 @@ from unittest import mock
 import fsspec
 import pytest
 from _corpus import make_docs, write_jsonl
-from _faultproxy import FaultProxy
+from _fs import proxied
 from conftest import DEV_KEY, connection_string
 
 import fastdata
@@ -259,14 +259,11 @@ def test_bad_credentials_are_named_and_never_printed(azurite, azure_ds, tmp_path
 
 
 def test_latency_and_bandwidth_are_measured_through_a_slow_link(azurite, azure_ds, local_ds, tmp_path):
-    proxy = FaultProxy(azurite["port"]).start()
-    try:
+    with proxied(azurite["port"]) as proxy:
         proxy.faults.latency_s = 0.15  # each way: a ranged GET takes at least 0.3 s
         proxy.faults.rate_bps = 100_000
         env = base_env(AZURE_STORAGE_CONNECTION_STRING=connection_string(proxy.port))
         rc, _, out, _ = doctor("--cache-dir", tmp_path, "--url", azure_ds, "--json", env=env)
-    finally:
-        proxy.stop()
     report = json.loads(out)
     assert rc == 0 and report["fit"], out
     checks = {c["name"]: c for c in report["checks"]}

@@ -16,6 +16,7 @@ from pathlib import Path
 import _jobs
 import pytest
 from _faultproxy import FaultProxy
+from _fs import proxied
 from _loader import packed_dataset
 from _rangeserver import RangeServer
 
@@ -215,13 +216,10 @@ def test_worker_stuck_on_a_stalled_download_ends_within_timeout(tmp_path):
     storage's own read timeout is 30 s); with timeout=2 the loop raises naming worker 0."""
     packed_dataset(str(tmp_path), docs=300, shard_size=16384)
     with RangeServer(str(tmp_path)) as server:
-        proxy = FaultProxy(int(server.url.rsplit(":", 1)[1])).start()
-        proxy.faults.stall_after = 4000  # the manifest gets through, every shard download hangs
-        try:
+        with proxied(server.port) as proxy:
+            proxy.faults.stall_after = 4000  # the manifest gets through, every shard download hangs
             proc = subprocess.run([sys.executable, "-P", "-c", STALLED_CHILD, f"http://127.0.0.1:{proxy.port}/ds",
                                    str(tmp_path / "cache")], capture_output=True, text=True, timeout=60)
-        finally:
-            proxy.stop()
     assert proc.returncode == 0, proc.stderr[-3000:]
     took, message = proc.stdout.split(" ", 1)
     assert "worker 0 (pid " in message and "timeout=2 s" in message, message

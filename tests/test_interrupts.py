@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from _faultproxy import FaultProxy
+from _fs import proxied
 from _loader import packed_dataset
 from _rangeserver import RangeServer
 
@@ -50,12 +50,9 @@ def dataset(tmp_path_factory):
 def stalled(dataset, tmp_path):
     shutil.copytree(dataset / "ds", tmp_path / "ds")
     with RangeServer(str(tmp_path)) as server:
-        proxy = FaultProxy(int(server.url.rsplit(":", 1)[1])).start()
-        proxy.faults.stall_after = 4000  # the manifest (about 1.5 KB with headers) gets through
-        try:
+        with proxied(server.port) as proxy:
+            proxy.faults.stall_after = 4000  # the manifest (about 1.5 KB with headers) gets through
             yield server, proxy
-        finally:
-            proxy.stop()
 
 
 def temp_files(root) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from _corpus import make_docs, write_jsonl
-from _faultproxy import FaultProxy
+from _fs import proxied
 from _jobs import Job
 from _loader import packed_dataset
 from conftest import connection_string
@@ -210,9 +210,8 @@ def remote(azurite, tmp_path_factory):
 
 @pytest.fixture
 def slow_link(azurite):
-    proxy = FaultProxy(azurite["port"]).start()
-    yield proxy
-    proxy.stop()
+    with proxied(azurite["port"]) as proxy:
+        yield proxy
 
 
 @pytest.mark.timeout(180)

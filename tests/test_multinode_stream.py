@@ -28,16 +28,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import _jobs
 import pytest
 from _corpus import make_docs, write_jsonl
 from _faultproxy import FaultProxy
+from _fs import BOOKKEEPING, DiskMonitor, assert_exactly_once
 from conftest import connection_string
 
 import fastdata
@@ -53,7 +52,6 @@ GLOBAL = MICRO * WORLD_SIZE
 SEQ_LEN, SEED, WINDOW, PARTITIONS = 32, 11, 2, WORLD_SIZE
 DOCS = 1200
 SAVE_STEP = 120  # the checkpoint of the killed job; it is killed two steps later
-BOOKKEEPING = ".fastdata-cache"  # LMDB and the manifest copies: not shard files, not counted by the limit
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -78,41 +76,6 @@ def shard_gets(proxy: FaultProxy, names: dict[str, int]) -> list[tuple[float, in
         if r.method == "GET" and base in names:
             out.append((r.t, names[base]))
     return out
-
-
-def du(path: str) -> int:
-    """Bytes of the files under ``path`` (temp files included), without the cache's bookkeeping."""
-    total = 0
-    for root, dirs, files in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(BOOKKEEPING)]
-        for n in files:
-            try:
-                total += os.lstat(os.path.join(root, n)).st_size
-            except FileNotFoundError:
-                pass
-    return total
-
-
-class DiskMonitor:
-    """Samples the bytes under each node's cache dir every ~5 ms; keeps the peak per dir."""
-
-    def __init__(self, paths: list[str]) -> None:
-        self.paths, self.peaks, self.samples = paths, [0] * len(paths), 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="disk-monitor")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for i, p in enumerate(self.paths):
-                self.peaks[i] = max(self.peaks[i], du(p))
-            self.samples += 1
-            time.sleep(0.005)
-
-    def stop(self) -> list[int]:
-        self._stop.set()
-        self._thread.join()
-        return self.peaks
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -140,15 +103,6 @@ def consistent(results: list[dict]) -> list[list[int]]:
     assert results[0]["gathered"] == stitched, "all_gather disagrees with the ranks' micro-batches"
     assert all(r.get("barrier") for r in results)
     return stitched
-
-
-def assert_exactly_once(batches: list[list[int]], m: int) -> None:
-    ids = [i for b in batches for i in b]
-    counts = Counter(ids)
-    duplicated = {i: c for i, c in counts.items() if c > 1}
-    assert not duplicated, f"samples seen more than once: {dict(list(duplicated.items())[:10])}"
-    assert -1 not in counts and all(0 <= i < m for i in counts)
-    assert len(counts) == m - m % GLOBAL  # drop_last: only the last partial global batch is unused
 
 
 def refetches(corpus: dict, gets: list[tuple[float, int]], unlinked: list) -> tuple[int, int]:
@@ -297,12 +251,10 @@ def full_epoch(corpus, proxies, tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("mn-full")
     caches = [d / f"cache-node{n}" for n in range(NODES)]
     reset_proxies(proxies)
-    monitor = DiskMonitor([str(c) for c in caches])
-    job = Job(d / "job", **job_config(corpus, proxies, caches))
-    try:
+    with DiskMonitor(caches) as monitor:
+        job = Job(d / "job", **job_config(corpus, proxies, caches))
         results = job.wait()
-    finally:
-        peaks = monitor.stop()
+    peaks = monitor.peaks
     return {"results": results, "peaks": peaks, "samples": monitor.samples,
             "gets": [shard_gets(p, corpus["names"]) for p in proxies],
             "bytes_down": [p.counters.bytes_down for p in proxies], "seconds": time.monotonic() - job.started}
@@ -320,7 +272,7 @@ def test_a4_every_sample_once_in_the_pure_order_over_the_network(corpus, full_ep
     batches = consistent(results)
     assert len(batches) == steps
     assert batches == corpus["batches"], "the global batches differ from the pure order function"
-    assert_exactly_once(batches, corpus["m"])
+    assert_exactly_once(batches, corpus["m"], GLOBAL)
     check_data(corpus, results, 0)
     states = results[0]["states"]
     assert [(s["epoch"], s["step"]) for s in states] == [(0, k) for k in range(1, steps)] + [(1, 0)]
@@ -419,12 +371,11 @@ def killed(corpus, proxies, tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("mn-killed")
     caches = [d / f"cache-node{n}" for n in range(NODES)]
     reset_proxies(proxies, RESET_AFTER, FAULT_CONNS)
-    monitor = DiskMonitor([str(c) for c in caches])
-    job = Job(d / "job", **job_config(corpus, proxies, caches, save_step=SAVE_STEP, ready_step=SAVE_STEP + 2))
-    try:
+    config = job_config(corpus, proxies, caches, save_step=SAVE_STEP, ready_step=SAVE_STEP + 2)
+    with DiskMonitor(caches) as monitor:
+        job = Job(d / "job", **config)
         job.wait_ready()
-    finally:
-        peaks = monitor.stop()
+    peaks = monitor.peaks
     ready = [json.loads((job.dir / f"ready-{r}.json").read_text()) for r in range(WORLD_SIZE)]
     saved = [json.loads((job.dir / f"saved-{r}.json").read_text()) for r in range(WORLD_SIZE)]
     checkpoint = json.loads((job.dir / "checkpoint.json").read_text())
@@ -485,19 +436,17 @@ def test_c7_c10_b3_restart_after_kill_and_corruption_is_exactly_once(corpus, pro
         f.write(bytes([b[0] ^ 0x40]))
 
     reset_proxies(proxies, RESTART_RESET_AFTER, FAULT_CONNS)
-    monitor = DiskMonitor([str(c) for c in killed["caches"]])
     config = job_config(corpus, proxies, killed["caches"], resume=killed["path"])
-    job = Job(killed["dir"] / "restart", **config)
-    try:
+    with DiskMonitor(killed["caches"]) as monitor:
+        job = Job(killed["dir"] / "restart", **config)
         results = job.wait()
-    finally:
-        peaks = monitor.stop()
+    peaks = monitor.peaks
     gets = [shard_gets(p, corpus["names"]) for p in proxies]
 
     resumed = consistent(results)
     assert resumed == reference[SAVE_STEP:]
     assert killed["checkpoint"]["seen"] + resumed == reference
-    assert_exactly_once(killed["checkpoint"]["seen"] + resumed, corpus["m"])
+    assert_exactly_once(killed["checkpoint"]["seen"] + resumed, corpus["m"], GLOBAL)
     check_data(corpus, results, SAVE_STEP)
     states = results[0]["states"]
     assert ([(s["epoch"], s["step"]) for s in states]

@@ -13,13 +13,13 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import _jobs
 import pytest
 import torch
 from _corpus import make_docs, write_jsonl
+from _fs import assert_exactly_once
 
 import fastdata
 
@@ -62,20 +62,6 @@ def pure_order(path: str, world_size: int, per_node: int, batch_size: int, epoch
     world = fastdata.World(rank=0, world_size=world_size, local_rank=0, ranks_per_node=per_node)
     order = ds.epoch_order(epoch, world)
     return [order.global_batch(k).tolist() for k in range(order.num_steps)], ds.space.num_samples
-
-
-def assert_exactly_once(batches: list[list[int]], m: int, global_batch: int, drop_last: bool) -> None:
-    ids = [i for batch in batches for i in batch]
-    real = Counter(i for i in ids if i != -1)
-    assert all(0 <= i < m for i in real), "sample id out of range"
-    duplicated = {i: c for i, c in real.items() if c > 1}
-    assert not duplicated, f"samples seen more than once: {dict(list(duplicated.items())[:10])}"
-    if drop_last:
-        assert -1 not in ids
-        assert len(real) == m - m % global_batch
-    else:
-        assert real == Counter(range(m))
-        assert ids.count(-1) == (-m) % global_batch
 
 
 def assert_consistent_job(results: list[dict], epoch: int = 0) -> list[list[int]]:

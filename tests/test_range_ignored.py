@@ -7,7 +7,7 @@ import os
 
 import pytest
 import xxhash
-from _faultproxy import FaultProxy
+from _fs import proxied
 from _rangeserver import RangeServer
 
 from fastdata.storage.download import RetryPolicy, download
@@ -25,11 +25,8 @@ def served(tmp_path):
     (tmp_path / "ds" / "big.bin").write_bytes(data)
     with RangeServer(str(tmp_path)) as server:
         server.fault("/ds/big.bin").ignore_range = True
-        proxy = FaultProxy(int(server.url.rsplit(":", 1)[1])).start()
-        try:
+        with proxied(server.port) as proxy:
             yield server, proxy, data, Store(f"http://127.0.0.1:{proxy.port}/ds", {"allow_insecure": True})
-        finally:
-            proxy.stop()
 
 
 def test_a_multi_range_download_takes_the_whole_answer_once(served, tmp_path):
@@ -58,15 +55,12 @@ def test_d1_reset_mid_body_over_http_is_retried_twice_then_verified(tmp_path, ca
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "obj.bin").write_bytes(data)
     with RangeServer(str(tmp_path)) as server:
-        proxy = FaultProxy(int(server.url.rsplit(":", 1)[1])).start()
-        try:
+        with proxied(server.port) as proxy:
             proxy.faults.reset_after, proxy.faults.fault_conns = int(len(data) * 0.4), 2
             store = Store(f"http://127.0.0.1:{proxy.port}/ds", {"allow_insecure": True})
             with caplog.at_level(logging.WARNING, logger="fastdata.storage.download"):
                 stats = download(store, "obj.bin", str(tmp_path / "out.bin"), len(data),
                                  xxhash.xxh3_128_hexdigest(data), RetryPolicy(attempts=4, base_backoff=0.05))
-        finally:
-            proxy.stop()
     assert (tmp_path / "out.bin").read_bytes() == data
     assert (stats.attempts, stats.retries) == (3, 2)
     retries = [r.getMessage() for r in caplog.records if "obj.bin" in r.getMessage()]

@@ -10,7 +10,7 @@ import time
 import fsspec
 import pytest
 import xxhash
-from _faultproxy import FaultProxy
+from _fs import proxied
 from conftest import DEV_KEY, connection_string
 
 import fastdata
@@ -35,9 +35,8 @@ def blob(azurite, tmp_path_factory):
 
 @pytest.fixture
 def proxy(azurite):
-    p = FaultProxy(azurite["port"]).start()
-    yield p
-    p.stop()
+    with proxied(azurite["port"]) as p:
+        yield p
 
 
 def store_via(proxy, **options) -> Store:

@@ -7,14 +7,13 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import torch
 from _loader import ids_of, packed_dataset
+from _state import assert_resumes_exactly, batch_ids, cut, flat, in_fresh_process
 
 import fastdata
 
@@ -38,40 +37,19 @@ def uninterrupted(data, epochs=2, **kw) -> list[int]:
     return [i for _ in range(epochs) for i in ids_of(dl)]
 
 
-def run_until(dl, k: int) -> tuple[list[int], dict]:
-    """Consume ``k`` batches of the current epoch; return their ids and the state."""
-    ids = []
-    it = iter(dl)
-    for _ in range(k):
-        ids += [int(i) for i in next(it)["sample_ids"]]
-    state = dl.state_dict()
-    del it
-    return ids, state
-
-
-def finish(dl, epochs_left: int) -> list[int]:
-    """Iterate the (resumed) current epoch to its end, then ``epochs_left`` more epochs."""
-    return [i for _ in range(1 + epochs_left) for i in ids_of(dl)]
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_b1_cut_points(data, workers):
-    full = uninterrupted(data, workers=workers)
+    """Cut a two-epoch run anywhere in epoch 0 (state through JSON), resume in a new loader:
+    the rest of epoch 0 and epoch 1 follow exactly."""
     steps = len(loader(data))
     per = 4
-    for k in (0, 1, steps // 2, steps - 1, steps):
-        before, state = run_until(loader(data, workers=workers), k)
-        json.dumps(state)
-        resumed = loader(data, workers=workers)
-        resumed.load_state_dict(json.loads(json.dumps(state)))
-        after = finish(resumed, 0)
-        if k == steps:  # a cut exactly at the end resumes at epoch 1, step 0: all of epoch 1
-            assert state["epoch"] == 1 and state["step"] == 0
-            assert len(after) == steps * per, "the resumed epoch is empty or short (Mosaic #700)"
-            assert before + after == full
-        else:
-            assert before + after + ids_of(resumed) == full, k
-        assert len(before) == k * per
+    runs = assert_resumes_exactly(lambda: loader(data, workers=workers), (0, 1, steps // 2, steps - 1, steps),
+                                  epochs_run=2)
+    for k, run in runs.items():
+        assert len(flat(run.before)) == k * per
+    end = runs[steps]  # a cut exactly at the end resumes at epoch 1, step 0: all of epoch 1
+    assert end.state["epoch"] == 1 and end.state["step"] == 0
+    assert len(flat(end.epochs[0])) == steps * per, "the resumed epoch is empty or short (Mosaic #700)"
 
 
 def test_b1_same_topology_cut_on_four_ranks(data):
@@ -79,47 +57,30 @@ def test_b1_same_topology_cut_on_four_ranks(data):
     (the order is a pure function of the world; real processes: tests/test_multiprocess.py)."""
     worlds = [fastdata.World(rank=r, world_size=4, local_rank=r, ranks_per_node=4) for r in range(4)]
     for w in worlds:
-        full = ids_of(loader(data, world=w, batch=2))
-        steps = len(full) // 2
-        for k in (1, steps // 2, steps - 1, steps):
-            before, state = run_until(loader(data, world=w, batch=2), k)
-            resumed = loader(data, world=w, batch=2)
-            resumed.load_state_dict(state)
-            after = ids_of(resumed)
-            if k == steps:
-                assert (state["epoch"], state["step"]) == (1, 0)
-                assert before == full and len(after) == len(full), "the resumed epoch is empty or short"
-            else:
-                assert before + after == full, (w.rank, k)
+        def make(w=w):
+            return loader(data, world=w, batch=2)
+
+        steps = len(ids_of(make())) // 2
+        # two epochs: after a cut the rest of epoch 0 and then epoch 1 must follow exactly
+        runs = assert_resumes_exactly(make, (1, steps // 2, steps - 1, steps), epochs_run=2,
+                                      json_roundtrip=False, note=f"rank {w.rank}")
+        end = runs[steps]
+        assert (end.state["epoch"], end.state["step"]) == (1, 0)
+        assert len(end.epochs[0]) == steps, "the resumed epoch is empty or short"
 
 
 def test_b1_first_step_of_next_epoch(data):
-    full = uninterrupted(data)
-    dl = loader(data)
-    first = ids_of(dl)
-    it = iter(dl)
-    one = [int(i) for i in next(it)["sample_ids"]]
-    state = dl.state_dict()
-    assert (state["epoch"], state["step"]) == (1, 1)
-    resumed = loader(data)
-    resumed.load_state_dict(state)
-    assert first + one + ids_of(resumed) == full
+    """All of epoch 0 and one batch of epoch 1, cut: the resumed loader gives the rest of epoch 1."""
+    steps = len(loader(data))
+    runs = assert_resumes_exactly(lambda: loader(data), [steps + 1], epochs_run=2, json_roundtrip=False)
+    run = runs[steps + 1]
+    assert (run.state["epoch"], run.state["step"]) == (1, 1)
 
 
 def test_b1_resume_in_a_fresh_process(data, tmp_path):
-    full = uninterrupted(data, epochs=1)
-    before, state = run_until(loader(data), 7)
-    (tmp_path / "state.json").write_text(json.dumps(state))
-    code = (
-        "import json, fastdata\n"
-        f"ds = fastdata.TokenDataset({data!r}, seq_len=32, seed=9)\n"
-        "dl = fastdata.DataLoader(ds, batch_size=4, num_workers=2)\n"
-        f"dl.load_state_dict(json.load(open({str(tmp_path / 'state.json')!r})))\n"
-        "print(json.dumps([int(i) for b in dl for i in b['sample_ids']]))\n"
-    )
-    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True,
-                         timeout=90, check=True)
-    assert before + json.loads(out.stdout) == full
+    build = (f"import fastdata\nds = fastdata.TokenDataset({data!r}, seq_len=32, seed=9)\n"
+             "dl = fastdata.DataLoader(ds, batch_size=4, num_workers=2)")
+    assert_resumes_exactly(lambda: loader(data), [7], resume=in_fresh_process(build, tmp_path))
 
 
 def test_b2_prefetched_batches_are_not_lost(data):
@@ -163,11 +124,12 @@ def test_b2_prefetched_batches_are_not_lost(data):
 @pytest.mark.parametrize(("save_workers", "load_workers", "backend"),
                          [(2, 0, "threads"), (2, 3, "threads"), (0, 2, "processes")])
 def test_b5_worker_count_change(data, save_workers, load_workers, backend):
-    full = uninterrupted(data, epochs=1, seq_len=64)
-    before, state = run_until(loader(data, workers=save_workers, seq_len=64), 5)
-    resumed = loader(data, workers=load_workers, backend=backend, seq_len=64)
-    resumed.load_state_dict(state)
-    assert before + ids_of(resumed) == full
+    full = [batch_ids(b) for b in loader(data, seq_len=64)]
+    def resumed():
+        return loader(data, workers=load_workers, backend=backend, seq_len=64)
+
+    assert_resumes_exactly(lambda: loader(data, workers=save_workers, seq_len=64), [5], full=full,
+                           make_resumed=resumed, json_roundtrip=False)
 
 
 def test_b4_world_size_change_in_process(data):
@@ -205,7 +167,7 @@ def test_b4_world_size_change_in_process(data):
     ("partitions", {"order": None}), ("dataset", {"data": "other"}),
 ])
 def test_b6_incompatible_state_is_rejected(data, tmp_path, field, change):
-    _, state = run_until(loader(data), 3)
+    _, state = cut(loader(data), 3)
     kwargs = {"seed": 9, "seq_len": 32, "batch": 4}
     kwargs.update({k: v for k, v in change.items() if k in kwargs})
     source = data
@@ -220,7 +182,7 @@ def test_b6_incompatible_state_is_rejected(data, tmp_path, field, change):
 
     # the target already holds a state of its own (step 5): a failed load must leave it
     # exactly as it was before the call (docs/loader.md), never restart at epoch 0
-    _, own = run_until(same_settings(), 5)
+    _, own = cut(same_settings(), 5)
     target.load_state_dict(own)
     with pytest.raises(fastdata.FastdataStateError) as err:
         target.load_state_dict(state)
@@ -238,7 +200,7 @@ def test_b6_incompatible_state_is_rejected(data, tmp_path, field, change):
 
 def test_b6_malformed_states(data):
     dl = loader(data)
-    _, good = run_until(loader(data), 2)
+    _, good = cut(loader(data), 2)
     cases = {
         "version": {**good, "version": 99},
         "step": {**good, "step": 10**9},
@@ -256,7 +218,7 @@ def test_b6_malformed_states(data):
 
 
 def test_b7_lifecycle(data):
-    _, state = run_until(loader(data), 4)
+    _, state = cut(loader(data), 4)
     dl = loader(data)
     dl.load_state_dict(state)
     assert dl.state_dict() == state  # (a) load then state, no iteration
@@ -283,12 +245,12 @@ def test_b7_lifecycle(data):
 
 
 def test_b8_state_is_small_versioned_json(data, tmp_path):
-    _, state = run_until(loader(data), 3)
+    _, state = cut(loader(data), 3)
     text = json.dumps(state)
     assert json.loads(text) == state and len(text) < 16 << 10
     assert isinstance(state["version"], int)
     big = packed_dataset(str(tmp_path / "big"), docs=3000, shard_size=1 << 20)
-    _, big_state = run_until(loader(big, seq_len=2), 3)
+    _, big_state = cut(loader(big, seq_len=2), 3)
     assert abs(len(json.dumps(big_state)) - len(text)) < 64  # independent of the sample count
 
 
@@ -403,16 +365,10 @@ def test_torchdata_stateful_dataloader(data):
         return StatefulDataLoader(fastdata.TokenDataset(data, seq_len=32, seed=9, batch_size=4),
                                   batch_size=None, num_workers=2)
 
-    full = ids_of(make())
-    dl = make()
-    it = iter(dl)
-    before = [i for _ in range(5) for i in next(it)["sample_ids"].tolist()]
-    state = dl.state_dict()
-    del it
-    resumed = make()
-    resumed.load_state_dict(state)
-    assert before + ids_of(resumed) == full
-    assert torch.tensor(full).unique().numel() == len(full)
+    full = [batch_ids(b) for b in make()]
+    assert_resumes_exactly(make, [5], full=full, json_roundtrip=False)
+    ids = flat(full)
+    assert torch.tensor(ids).unique().numel() == len(ids)
 
 
 def test_iter_without_next_moves_nothing(data):
@@ -421,7 +377,7 @@ def test_iter_without_next_moves_nothing(data):
     dl = loader(data)
     iter(dl)  # dropped unused
     assert ids_of(dl) == uninterrupted(data, epochs=1)
-    _, state = run_until(loader(data), 4)
+    _, state = cut(loader(data), 4)
     dl = loader(data)
     dl.load_state_dict(state)
     it = iter(dl)

@@ -12,7 +12,7 @@ import sys
 import traceback
 
 import pytest
-from _faultproxy import FaultProxy
+from _fs import proxied
 from _loader import packed_dataset
 from _sas import publish_with_sas
 
@@ -83,13 +83,10 @@ def test_unresolvable_host(published, tmp_path, caplog):
 
 
 def test_stalled_link(published, tmp_path, caplog):
-    proxy = FaultProxy(published["port"]).start()
-    try:
+    with proxied(published["port"]) as proxy:
         proxy.faults.stall_after = 2500  # the manifest gets through, the shards hang
         url = f"http://127.0.0.1:{proxy.port}/devstoreaccount1/{published['container']}/ds?{published['sas']}"
         seen = failing(url, tmp_path / "cache", caplog, read_timeout=1)
-    finally:
-        proxy.stop()
     assert_clean(published, seen, cache_files_text(tmp_path / "cache"))
 
 

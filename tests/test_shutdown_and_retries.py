@@ -99,7 +99,7 @@ def test_d5_throttled_shard_retries_show_in_the_metrics(dataset, tmp_path):
 def test_d4_stalls_are_retried_and_nothing_leaks_after_the_loader_closes(dataset, tmp_path):
     """D4's leak half: after a loader has read through stalled connections (the proxy stops
     forwarding mid-response; read_timeout 1 s), no fastdata thread and no extra fd remain."""
-    from _faultproxy import FaultProxy
+    from _fs import proxied
 
     shutil.copytree(dataset / "ds", tmp_path / "ds")
     packed_dataset(str(tmp_path / "other"), docs=200, seed=7, shard_size=4096)
@@ -107,8 +107,7 @@ def test_d4_stalls_are_retried_and_nothing_leaks_after_the_loader_closes(dataset
     want = [b["input_ids"].numpy().copy() for b in fastdata.TokenDataset(
         str(tmp_path / "ds2"), seq_len=31, batch_size=2, shuffle=False)]
     with RangeServer(str(tmp_path)) as server:
-        proxy = FaultProxy(int(server.url.rsplit(":", 1)[1])).start()
-        try:
+        with proxied(server.port) as proxy:
             url = f"http://127.0.0.1:{proxy.port}"
             options = {"storage_options": {"allow_insecure": True, "read_timeout": 1},
                        "cache_dir": str(tmp_path / "cache"), "cache_limit": "64MB"}
@@ -120,8 +119,6 @@ def test_d4_stalls_are_retried_and_nothing_leaks_after_the_loader_closes(dataset
             ds = fastdata.TokenDataset(url + "/ds2", seq_len=31, batch_size=2, shuffle=False, **options)
             got = [b["input_ids"].numpy().copy() for b in fastdata.DataLoader(ds, batch_size=2)]
             assert proxy.counters.faults >= 1
-        finally:
-            proxy.stop()
     assert len(got) == len(want) and all((g == w).all() for g, w in zip(got, want))
     import threading
 

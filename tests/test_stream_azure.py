@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 from _corpus import make_docs, write_jsonl
-from _faultproxy import FaultProxy
+from _fs import DiskMonitor, proxied
 from _loader import ids_of
 from conftest import connection_string
 
@@ -45,37 +43,6 @@ def azure_options(azurite) -> dict:
     return {"connection_string": azurite["conn"], "allow_insecure": True}  # Azurite is plain HTTP
 
 
-def du(path: str) -> int:
-    total = 0
-    for root, dirs, names in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(".fastdata-cache")]  # LMDB bookkeeping
-        for n in names:
-            try:
-                total += os.lstat(os.path.join(root, n)).st_size
-            except FileNotFoundError:
-                pass
-    return total
-
-
-class DiskMonitor:
-    """Samples the bytes under a directory every few milliseconds."""
-
-    def __init__(self, path: str) -> None:
-        self.path, self.peak, self._stop = path, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, du(self.path))
-            time.sleep(0.005)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
 def reference_ids(local: str) -> list[int]:
     return ids_of(fastdata.DataLoader(fastdata.TokenDataset(local, seq_len=32, seed=3), batch_size=4,
                                       num_workers=0))
@@ -90,11 +57,10 @@ def test_stream_through_a_small_node_cache(remote, azurite, tmp_path):
         ds = fastdata.TokenDataset(remote["url"].replace("az://", f"{scheme}://"), seq_len=32, seed=3,
                                    cache_dir=str(cache), cache_limit=limit,
                                    storage_options=azure_options(azurite))
-        monitor = DiskMonitor(str(cache))
-        got = ids_of(fastdata.DataLoader(ds, batch_size=4, num_workers=2, prefetch_bytes=limit // 2))
-        peak = monitor.stop()
+        with DiskMonitor([cache]) as monitor:
+            got = ids_of(fastdata.DataLoader(ds, batch_size=4, num_workers=2, prefetch_bytes=limit // 2))
         assert got == expected, scheme  # same order as the local copy: same dataset fingerprint
-        assert 0 < peak <= limit
+        assert 0 < monitor.peak <= limit
     with fastdata.open_dataset(remote["local"]) as local:
         ds = fastdata.TokenDataset(remote["url"], seq_len=32, seed=3, cache_dir=str(cache), cache_limit=limit,
                                    storage_options=azure_options(azurite))
@@ -114,8 +80,7 @@ def test_impossible_cache_limit_is_refused_up_front(remote, azurite, tmp_path):
 
 def test_resets_on_the_wire_do_not_change_the_stream(remote, azurite, tmp_path):
     expected = reference_ids(remote["local"])
-    proxy = FaultProxy(azurite["port"]).start()
-    try:
+    with proxied(azurite["port"]) as proxy:
         proxy.faults.reset_after, proxy.faults.fault_conns = 3000, 6
         ds = fastdata.TokenDataset(remote["url"], seq_len=32, seed=3, cache_dir=str(tmp_path / "cache"),
                                    cache_limit=max(remote["raw"]) * 8,
@@ -123,14 +88,11 @@ def test_resets_on_the_wire_do_not_change_the_stream(remote, azurite, tmp_path):
                                                     "allow_insecure": True})
         got = ids_of(fastdata.DataLoader(ds, batch_size=4, num_workers=2))
         assert proxy.counters.faults >= 1
-    finally:
-        proxy.stop()
     assert got == expected
 
 
 def test_warm_cache_makes_no_data_gets_and_heals_damage(remote, azurite, tmp_path):
-    proxy = FaultProxy(azurite["port"]).start()
-    try:
+    with proxied(azurite["port"]) as proxy:
         opts = {"connection_string": connection_string(proxy.port), "allow_insecure": True}
         cache = tmp_path / "cache"
         limit = sum(remote["raw"]) * 2  # everything fits: the second epoch is warm
@@ -158,5 +120,3 @@ def test_warm_cache_makes_no_data_gets_and_heals_damage(remote, azurite, tmp_pat
         fetched = {r.path.rsplit("/", 1)[-1] for r in proxy.requests
                    if r.method == "GET" and ".fds" in r.path}
         assert fetched == {os.path.basename(files[0]) + ".zst"}  # exactly the damaged shard again
-    finally:
-        proxy.stop()
