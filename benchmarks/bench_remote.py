@@ -380,7 +380,8 @@ def run_all(args: argparse.Namespace) -> dict:  # noqa: C901 - one phase after a
         lat, cap = args.latency, args.cap
         steps = [("unshaped", lambda: phase_epochs(args, "unshaped", p, url, 0.0, None, big)),
                  ("shaped", lambda: phase_epochs(args, "shaped", p, url, lat, cap, big)),
-                 ("rerun", lambda: phase_epochs(args, "shaped", p, url, lat, cap, big, 1, fresh=False)),
+                 ("rerun", lambda: phase_epochs(args, "shaped", p, url, lat, cap, big, 1, fresh=False)
+                  if (res.get("shaped") or {}).get("epochs") else {"error": "needs the shaped run"}),
                  ("sweep", lambda: phase_sweep(args, p, url, info, res)),
                  ("small_cache", lambda: phase_epochs(args, "small", p, url, lat, cap, small, 1,
                                                       args.small_cache_s)),
