@@ -13,13 +13,15 @@ import os
 import time
 from collections import Counter
 
+from fastdata import environment
+
 _hits: Counter[str] = Counter()
 _written: Counter[str] = Counter()
 
 
-def _armed(variable: str, site: str) -> str | None:
-    """The value after ``<site>:`` when ``variable`` is ``<site>:<value>``, else None."""
-    wanted = os.environ.get(variable)
+def _armed(wanted: str | None, site: str) -> str | None:
+    """The value after ``<site>:`` when ``wanted`` (a hook variable's value) is ``<site>:<value>``,
+    else None."""
     if not wanted:
         return None
     name, _, value = wanted.partition(":")
@@ -27,13 +29,13 @@ def _armed(variable: str, site: str) -> str | None:
 
 
 def pause_point(site: str) -> None:
-    count = _armed("FASTDATA_TEST_PAUSE", site)
+    count = _armed(environment.pause_hook(), site)
     if count is None:
         return
     _hits[site] += 1
     if _hits[site] != int(count or 1):
         return
-    directory = os.environ.get("FASTDATA_TEST_PAUSE_DIR", ".")
+    directory = environment.pause_dir()
     with open(os.path.join(directory, f"{site}.ready"), "w") as f:
         f.write(str(os.getpid()))
     while True:
@@ -44,7 +46,7 @@ def delay_point(site: str) -> None:
     """``FASTDATA_TEST_DELAY=<site>:<seconds>`` makes every arrival at ``site`` sleep that long
     (a slow stage on purpose). Sites: ``gather`` (each batch assembly, on the thread or worker
     process that assembles; see docs/metrics.md). Unset, it costs one dict lookup."""
-    seconds = _armed("FASTDATA_TEST_DELAY", site)
+    seconds = _armed(environment.delay_hook(), site)
     if seconds is not None:
         time.sleep(float(seconds))
 
@@ -55,7 +57,7 @@ def disk_point(site: str, nbytes: int) -> None:
     machines where a small filesystem cannot be mounted. Sites: ``download`` (each ranged
     write of a download), ``decompress`` (each block of a zstd shard written out). Unset, it
     costs one dict lookup."""
-    limit = _armed("FASTDATA_TEST_ENOSPC", site)
+    limit = _armed(environment.enospc_hook(), site)
     if limit is None:
         return
     _written[site] += nbytes

@@ -9,10 +9,10 @@ host name), so several fake nodes can run on one machine in tests.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from fastdata import environment
 from fastdata.errors import FastdataConfigError
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class World:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> World:
         """The rank layout torchrun (or a compatible launcher) put in the environment."""
-        env = os.environ if env is None else env
+        env = environment.launcher() if env is None else env
 
         def num(*names: str, default: int) -> int:
             for name in names:

@@ -232,3 +232,13 @@ def test_the_metrics_count_what_the_server_served(server, tmp_path):
     assert 0 < snap["cache.block_hit_rate"] < 1 and snap["fetch.blocks"] > 0
     line = fastdata.metrics.summary_line(snap)
     assert "block hit" in line and f"in {len(gets)} requests" in line
+
+
+def test_a_full_disk_while_writing_a_block_is_a_named_cache_error(server, tmp_path, monkeypatch):
+    ds = dataset(server.url + "/v11", str(tmp_path / "c"))
+    first = ds.plan(0, ds.resolved_world()).shards_of(0).tolist()
+    meta = sum(entries(server)[s]["meta_bytes"] for s in first)  # written when the shards open
+    monkeypatch.setenv("FASTDATA_TEST_ENOSPC", f"download:{meta + BLOCK // 2}")  # then the first block
+    with pytest.raises(fastdata.FastdataCacheError, match=r"no space left writing \d+ bytes of .*shard-\d+"
+                                                          r"\.fds at byte \d+"):
+        batches(ds)

@@ -24,7 +24,7 @@ ALLOWED = {
     "format": {"fastdata.errors", "fastdata.atomic", "fastdata._testing", "fastdata._native",
                "fastdata.format"},
     "storage": {"fastdata.errors", "fastdata.atomic", "fastdata.units", "fastdata.metrics",
-                "fastdata._testing", "fastdata.daemon_pool", "fastdata.storage"},
+                "fastdata._testing", "fastdata.daemon_pool", "fastdata.environment", "fastdata.storage"},
 }
 
 

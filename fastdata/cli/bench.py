@@ -18,7 +18,7 @@ import time
 from collections.abc import Generator, Mapping
 from typing import Any
 
-from fastdata import metrics
+from fastdata import environment, metrics
 from fastdata.cli.pack import storage_options
 from fastdata.storage.remote import redact
 from fastdata.units import parse_size
@@ -86,7 +86,7 @@ def _line(s: Mapping[str, float]) -> str:
 
 def _init_distributed() -> None:
     """Join the job's gloo group when started by torchrun (the loader checks the world)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if int(environment.launcher().get("WORLD_SIZE", "1")) <= 1:
         return
     import torch.distributed as dist
 

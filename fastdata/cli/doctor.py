@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 
+from fastdata import environment
 from fastdata.cli.pack import storage_options
 from fastdata.doctor import QUICK, Budget, DoctorOptions, Report, run_checks
 from fastdata.reader.files import default_cache_dir
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> DoctorOptions:
-    env = dict(os.environ)
+    env = environment.snapshot()
     ranks = args.ranks_per_node if args.ranks_per_node is not None else World.from_env(env).ranks_per_node
     return DoctorOptions(
         cache_dir=os.path.abspath(args.cache_dir or default_cache_dir()),

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from fastdata import environment
 from fastdata.pack.api import DEFAULTS, build_config
 from fastdata.pack.pipeline import PackConfig, PackProgress, PackResult, pack
 from fastdata.units import format_size
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: processes on this machine (default); ray: Ray tasks on a cluster, "
                         "same output bytes (needs fastdata[ray])")
-    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
+    p.add_argument("--ray-address", default=environment.ray_address(),
                    help="Ray cluster to run on with --engine ray, e.g. auto or ray://HEAD:10001 "
                         "(default: $RAY_ADDRESS, else a local Ray with --workers CPUs)")
     p.add_argument("--shard-size", default="256MB", help="target raw size of a shard (256MB)")

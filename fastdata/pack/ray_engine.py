@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from fastdata import environment
 from fastdata.atomic import sweep_stale_temps
 from fastdata.errors import FastdataConfigError, FastdataError, FastdataIOError
 from fastdata.format.manifest import ShardInfo
@@ -71,8 +72,6 @@ log = logging.getLogger(__name__)
 #: Environment every task sets before it tokenizes: one tokenizer thread per task, since
 #: Ray already runs one task per CPU (the local engine's workers do the same).
 TASK_ENV = {"TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1"}
-#: The crash-test kill points (fastdata/_testing.py) reach the workers as the driver has them.
-_FORWARDED_ENV = ("FASTDATA_TEST_PAUSE", "FASTDATA_TEST_PAUSE_DIR")
 
 
 @dataclass(frozen=True)
@@ -242,7 +241,7 @@ def pack_on_ray(config: PackConfig, options: RayOptions | None = None,
     storage_options = dict(config.storage_options)
     if store.allow_insecure:
         storage_options["allow_insecure"] = True
-    env = (*TASK_ENV.items(), *((k, os.environ.get(k)) for k in _FORWARDED_ENV))
+    env = (*TASK_ENV.items(), *environment.forwarded_to_tasks())
     form = ShardForm(plan.dtype, config.encode.read.chat, config.compression, config.block_size)
     area = Area(config.output, plan.job, form, storage_options, env,
                 inputs=(plan.inputs.spec()[0], storage_options))

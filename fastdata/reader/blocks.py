@@ -22,6 +22,7 @@ eviction stays per shard. A remote block whose bytes never match its hash ends i
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -34,7 +35,8 @@ import numpy as np
 import xxhash
 
 from fastdata import metrics
-from fastdata.errors import FastdataIntegrityError
+from fastdata._testing import disk_point
+from fastdata.errors import FastdataCacheError, FastdataIntegrityError
 from fastdata.format.blocks import BlockTable, check_meta, verify_block
 from fastdata.format.shard_table import ShardInfo
 from fastdata.format.spec import DTYPES, unpack_header
@@ -63,7 +65,7 @@ def fetch_meta(store: Store, info: ShardInfo, dest: str, policy: RetryPolicy) ->
     check_meta(meta, info)
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        _write(fd, meta, 0)
+        _write(fd, meta, 0, dest)
         os.ftruncate(fd, info.raw_bytes)
     finally:
         os.close(fd)
@@ -221,7 +223,7 @@ class BlockFill:
             except FastdataIntegrityError as e:
                 bad.append((b, e))
                 continue
-            _write(self._fd, block, lo + start)
+            _write(self._fd, block, lo + start, self.path)
             metrics.count("fetch.blocks")
         return bad
 
@@ -238,8 +240,17 @@ class BlockFill:
             os.close(fd)  # drops the lock
 
 
-def _write(fd: int, data: bytes | memoryview, offset: int) -> None:
+def _write(fd: int, data: bytes | memoryview, offset: int, where: str = "") -> None:
+    """All of ``data`` at ``offset``; a full disk is a FastdataCacheError naming the file."""
     view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
+    try:
+        disk_point("download", len(view))
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise FastdataCacheError(f"no space left writing {len(view)} bytes of "
+                                     f"{where or 'a cached shard'} at byte {offset}: free space on "
+                                     "the cache's disk or lower cache_limit") from None
+        raise

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from fastdata import environment
 from fastdata.atomic import atomic_output, write_bytes_atomic
 from fastdata.errors import FastdataConfigError, FastdataError, FastdataIntegrityError, FastdataIOError
 from fastdata.storage.backends import insecure_endpoint, own_the_retries, with_defaults
@@ -110,11 +111,11 @@ class Store:
 
             options = dict(storage_options or {})
             self.allow_insecure = _flag(options.pop("allow_insecure", False)) or (
-                os.environ.get("FASTDATA_ALLOW_INSECURE") == "1")
+                environment.allow_insecure())
             self.url, options, self._query = split_query(self.url, options, self.display)
             self.display = redact(self.url)
             scheme = urlsplit(self.url).scheme.lower()
-            endpoint = insecure_endpoint(scheme, self.url, options, os.environ)
+            endpoint = insecure_endpoint(scheme, self.url, options, environment.endpoints())
             if endpoint is not None and not self.allow_insecure:
                 raise FastdataConfigError(
                     f"{self.display} would be read from {redact(endpoint)} over plain HTTP, unencrypted "
