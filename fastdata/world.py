@@ -1,7 +1,12 @@
 """Topology: which node, rank and worker this process is, computed once and passed down.
 
-:meth:`World.detect` is the only place fastdata looks at ``torch.distributed``, the
-torchrun environment and DataLoader worker info. Everything else receives a ``World``.
+:meth:`World.from_env` turns the launcher's environment (``fastdata.environment.launcher``)
+into a ``World``; :meth:`World.detect` is the only place fastdata looks at ``torch.distributed``
+for the topology; :meth:`World.current_worker` and :meth:`World.in_worker` are the only places
+that look at DataLoader worker info. Everything else receives a ``World`` or asks these.
+``torch.distributed`` appears elsewhere only to communicate, not to learn the topology:
+``loader/job_check.py`` compares the ranks' order identities through the process group's
+key-value store, and ``loader/job_view.py`` all-gathers the ranks' metrics.
 Node identity comes from ``FASTDATA_NODE_ID`` / ``GROUP_RANK`` / ``NODE_RANK`` (never the
 host name), so several fake nodes can run on one machine in tests.
 """
@@ -128,3 +133,12 @@ class World:
             return 0, 1
         info = get_worker_info()
         return (0, 1) if info is None else (info.id, info.num_workers)
+
+    @staticmethod
+    def in_worker() -> bool:
+        """Whether this code runs in a DataLoader worker process (one of one included)."""
+        try:
+            from torch.utils.data import get_worker_info
+        except ImportError:
+            return False
+        return get_worker_info() is not None

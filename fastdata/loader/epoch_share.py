@@ -34,10 +34,9 @@ from collections.abc import Callable, Iterator, Mapping
 from multiprocessing import context, reduction
 from typing import Any, TypeVar
 
-import torch
-
 from fastdata.errors import FastdataStateError
 from fastdata.loader.state import parse_state
+from fastdata.world import World
 
 #: Bytes the record may take (a state is under 16 KiB; a blend's grows with its sources).
 CAPACITY = 1 << 20
@@ -85,7 +84,7 @@ class StartShare:
 
     def _in_worker_copy(self, ds: Any) -> bool:
         """Whether this is a copy in a DataLoader worker (it remembers what it was made with)."""
-        if self._owner == os.getpid() or torch.utils.data.get_worker_info() is None:
+        if self._owner == os.getpid() or not World.in_worker():
             return False
         if self._pid != os.getpid():
             self._pid, self._initial = os.getpid(), (ds.cursor.pending, ds.cursor.position)

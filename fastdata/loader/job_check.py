@@ -49,7 +49,7 @@ def check_job(dataset: Any, world: World) -> None:
     """
     import torch
 
-    if world.world_size <= 1 or torch.utils.data.get_worker_info() is not None:
+    if world.world_size <= 1 or World.in_worker():
         return
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()):
