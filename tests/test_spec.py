@@ -95,3 +95,29 @@ def test_v11_header_is_read_the_same_by_both(tmp_path):
         assert (shard.num_docs, shard.num_tokens, shard.file_size, shard.has_loss_mask) == (
             2, 30_000, header.file_size, True)
         assert np.array_equal(np.asarray(shard.tokens(0, 30_000)), tokens)
+
+
+ZSTD_FIELD_ORDER = ["magic", "version", "raw_size", "block_size", "num_blocks"]
+
+
+def test_zstd_header_struct_matches_docs():
+    """spec.ZSTD_HEADER (the one struct compression.py and blocks.py use) is the wrapper header
+    of docs/format.md: its size, and every named field at the documented offset and size."""
+    fmt = spec.ZSTD_HEADER.format
+    order, codes = fmt[0], re.findall(r"\d*[a-zA-Z]", fmt[1:])
+    fields = [c for c in codes if not c.endswith("x")]
+    assert len(fields) == len(ZSTD_FIELD_ORDER)
+    offsets, at = {}, 0
+    for code in codes:
+        if not code.endswith("x"):
+            offsets[ZSTD_FIELD_ORDER[len(offsets)]] = (at, struct.calcsize(order + code))
+        at += struct.calcsize(order + code)
+    section = DOC.read_text(encoding="utf-8").split("## Compressed shard")[1].split("\n## ")[0]
+    rows = re.findall(r"^\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*`([a-z_]+)`\s*\|", section, re.MULTILINE)
+    assert offsets == {name: (int(offset), int(size)) for offset, size, name in rows}
+    assert offsets == {"magic": (0, 8), "version": (8, 2), "raw_size": (16, 8), "block_size": (24, 8),
+                       "num_blocks": (32, 8)}
+    assert spec.ZSTD_HEADER.size == spec.ZSTD_HEADER_SIZE == 64
+    packed = spec.ZSTD_HEADER.pack(spec.ZSTD_MAGIC, spec.ZSTD_VERSION_HASHED, 1000, 512, 2)
+    assert packed[:10] == spec.ZSTD_MAGIC + b"\x02\x00" and packed[10:16] == bytes(6)
+    assert packed[40:] == bytes(24)

@@ -16,7 +16,6 @@ of a value read from the file happens before anything sized by that value is all
 from __future__ import annotations
 
 import os
-import struct
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from fastdata.errors import FastdataFormatError, FastdataIntegrityError
 from fastdata.format import spec
 from fastdata.format.shard_table import ShardInfo
 
-_ZSTD_HEADER = struct.Struct("<8sH6xQQQ24x")
 _MAX_FRAME_SLACK = 4096  # a frame may be this much larger than twice its block
 
 
@@ -172,7 +170,7 @@ def _parse_zstd(meta: memoryview, name: str, file_size: int | None,
                 raw_size: int | None) -> BlockTable:
     if len(meta) < spec.ZSTD_HEADER_SIZE:
         raise _fail(name, "header", 0, f"only {len(meta)} of the {spec.ZSTD_HEADER_SIZE} header bytes")
-    _, version, declared, bs, num_blocks = _ZSTD_HEADER.unpack_from(meta)
+    _, version, declared, bs, num_blocks = spec.ZSTD_HEADER.unpack_from(meta)
     if version != spec.ZSTD_VERSION_HASHED:
         state = "no frame hashes (wrapper version 1: verify it whole)" if version == 1 else \
             f"unsupported wrapper version {version} (this fastdata reads <= {spec.ZSTD_VERSION_HASHED})"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 from typing import BinaryIO
 
 import xxhash
@@ -26,6 +25,7 @@ from fastdata.format.hashing import new_hasher
 from fastdata.format.spec import (
     ZSTD_BLOCK_ENTRY,
     ZSTD_HASHED_ENTRY,
+    ZSTD_HEADER,
     ZSTD_HEADER_SIZE,
     ZSTD_MAGIC,
     ZSTD_VERSION,
@@ -35,7 +35,6 @@ from fastdata.format.writer import WrittenFile
 
 DEFAULT_BLOCK_SIZE = 4 << 20
 MAX_BLOCK_SIZE = 64 << 20
-_HEADER = struct.Struct("<8sH6xQQQ24x")
 
 
 def compress_shard(raw_path: str, out_path: str, *, level: int = 3,
@@ -60,7 +59,7 @@ def compress_shard(raw_path: str, out_path: str, *, level: int = 3,
             entries.append(ZSTD_HASHED_ENTRY.pack(len(frames[-1]), len(block), xxhash.xxh3_128_digest(block))
                            if frame_hashes else ZSTD_BLOCK_ENTRY.pack(len(frames[-1]), len(block)))
     version = ZSTD_VERSION_HASHED if frame_hashes else ZSTD_VERSION
-    meta = _HEADER.pack(ZSTD_MAGIC, version, raw_size, block_size, len(frames)) + b"".join(entries)
+    meta = ZSTD_HEADER.pack(ZSTD_MAGIC, version, raw_size, block_size, len(frames)) + b"".join(entries)
     hasher = new_hasher()
     size = 0
     with atomic_output(out_path) as out:
@@ -83,7 +82,7 @@ def _read_exact(f: BinaryIO, n: int, path: str, what: str, offset: int) -> bytes
 
 
 def _check_header(raw: bytes, path: str, raw_size: int) -> tuple[int, int, int]:
-    magic, version, declared, block_size, num_blocks = _HEADER.unpack(raw)
+    magic, version, declared, block_size, num_blocks = ZSTD_HEADER.unpack(raw)
     if magic != ZSTD_MAGIC:
         raise FastdataFormatError(f"{path}: bad magic {magic!r} at byte 0 (not a fastdata .fds.zst)")
     if version > ZSTD_VERSION_HASHED or version < 1:

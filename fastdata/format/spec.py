@@ -23,6 +23,9 @@ INDEX_OFFSET = HEADER_SIZE
 ZSTD_MAGIC = b"FDZSTD\x00\x00"
 ZSTD_VERSION = 1
 ZSTD_HEADER_SIZE = 64
+#: The zstd wrapper's header: magic, version, 6 reserved bytes, raw_size, block_size,
+#: num_blocks, then 24 reserved bytes (docs/format.md, "Compressed shard").
+ZSTD_HEADER = struct.Struct("<8sH6xQQQ24x")
 ZSTD_BLOCK_ENTRY = struct.Struct("<QQ")
 #: Wrapper version 2 (format v1.1): each table entry also holds the xxh3-128 of the frame's
 #: raw (decompressed) bytes.
