@@ -19,6 +19,7 @@ from fastdata._testing import pause_point
 from fastdata.errors import FastdataInputError, FastdataIOError
 from fastdata.format.compression import compress_shard
 from fastdata.format.manifest import ShardInfo
+from fastdata.format.shard_table import pattern_name
 from fastdata.format.spec import DTYPE_CODES, DTYPES
 from fastdata.format.writer import write_shard
 from fastdata.pack.encode import TaskResult
@@ -93,7 +94,7 @@ def publish_shard(store: Store, form: ShardForm, index: int, docs: TaskResult,
         raise FastdataInputError(f"token id {int(tokens.max())} does not fit uint16")
     if form.chat and mask is None:
         mask = np.zeros(len(tokens), np.uint8)
-    raw_name = f"shard-{index:05d}.fds"
+    raw_name = pattern_name(index, compressed=False)
     direct = store.local and form.compression is None
     raw_path = store.path(raw_name) if direct else os.path.join(staging, raw_name)
     try:
@@ -102,7 +103,7 @@ def publish_shard(store: Store, form: ShardForm, index: int, docs: TaskResult,
         raise FastdataIOError(f"writing {raw_path} failed: {e.strerror or e}") from None
     name, stored = raw_name, raw
     if form.compression == "zstd":
-        name = raw_name + ".zst"
+        name = pattern_name(index, compressed=True)
         final = store.path(name) if store.local else os.path.join(staging, name)
         if form.block_size is None:
             stored = compress_shard(raw_path, final, frame_hashes=False)
