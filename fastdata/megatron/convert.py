@@ -28,7 +28,7 @@ from fastdata.format.writer import write_shard
 from fastdata.megatron.files import MegatronFiles
 from fastdata.megatron.index import MegatronIndex, plan_shards
 from fastdata.megatron.source import SHARD_BYTES, megatron_prefix, read_index
-from fastdata.pack.pipeline import _check_output
+from fastdata.pack.output import check_output
 from fastdata.storage.remote import Store
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def import_megatron(config: ImportConfig,
         "uint16" if index.dtype.name in _NARROW else "uint32")
     out = Store(config.output, config.storage_options)
     out.make_root()
-    _check_output(out, config.overwrite)  # the same rule as pack: --overwrite replaces a dataset
+    check_output(out, config.overwrite)  # the same rule as pack: --overwrite replaces a dataset
     staging = tempfile.mkdtemp(prefix="fastdata-import-")
     try:
         infos, largest = _write_shards(config, index, source, stem, out, dtype, staging, progress)

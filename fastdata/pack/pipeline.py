@@ -3,8 +3,8 @@
 Workers tokenize tasks in parallel; this process receives their results in task order
 and cuts the document stream into shards of about ``shard_size`` bytes. Shard
 boundaries depend only on the document stream, so the output is byte-identical for
-any number of workers. After each shard is published a small journal
-(``.fastdata-pack.json``) records the shards so far and where the next shard starts;
+any number of workers. After each shard is published a small journal (``pack/journal.py``,
+``.fastdata-pack.json``) records the shards so far and where the next shard starts;
 a re-run with the same arguments resumes from there, and the manifest is written last.
 """
 
@@ -26,16 +26,14 @@ import xxhash
 
 from fastdata._testing import pause_point
 from fastdata.atomic import sweep_stale_temps
-from fastdata.errors import (
-    FastdataConfigError,
-    FastdataFormatError,
-)
-from fastdata.format.manifest import Manifest, ShardInfo, parse_manifest
+from fastdata.format.manifest import Manifest, ShardInfo
 from fastdata.format.shard_table import TABLE_NAME, ShardTable
 from fastdata.format.spec import MANIFEST_NAME
 from fastdata.pack.config import PackConfig, PackProgress, PackResult, resolve_dtype
 from fastdata.pack.encode import EncodeOptions, TaskResult
 from fastdata.pack.inputs import InputFile, Inputs
+from fastdata.pack.journal import JOURNAL_NAME, Journal
+from fastdata.pack.output import check_output
 from fastdata.pack.records import RecordSource
 from fastdata.pack.shards import ShardCutter, ShardForm, publish_shard, target_tokens
 from fastdata.pack.sources import BLOCK_BYTES, Task, TaskData
@@ -45,7 +43,6 @@ from fastdata.storage.remote import Store
 
 log = logging.getLogger(__name__)
 
-JOURNAL_NAME = ".fastdata-pack.json"
 TOKENIZER_NAME = "tokenizer.json"
 
 
@@ -83,7 +80,7 @@ def _take(segments: deque[_Segment], ndocs: int) -> tuple[np.ndarray, np.ndarray
 class _ShardSink:
     """Cuts the ordered document stream into shards and publishes them."""
 
-    def __init__(self, config: PackConfig, store: Store, dtype: str, journal: _Journal) -> None:
+    def __init__(self, config: PackConfig, store: Store, dtype: str, journal: Journal) -> None:
         self.store, self.journal = store, journal
         self.form = ShardForm(dtype, config.encode.read.chat, config.compression, config.block_size)
         self.cutter = ShardCutter(target_tokens(config.shard_size, dtype))
@@ -113,63 +110,6 @@ class _ShardSink:
         self.journal.record(info, position)
 
 
-class _Journal:
-    """Progress of an unfinished pack, kept next to the shards."""
-
-    def __init__(self, store: Store, job: str, progress: PackProgress) -> None:
-        self.store, self.job, self.progress = store, job, progress
-        self.shards: list[ShardInfo] = []
-        self.position = (0, 0)
-        self._written = 0
-
-    def load(self) -> None:
-        """Pick up an earlier run of the same job, if its shards are all still there."""
-        if self.store.size(JOURNAL_NAME) is None:
-            return
-        try:
-            doc = json.loads(self.store.read_bytes(JOURNAL_NAME))
-            shards = [ShardInfo(**s) for s in doc["shards"]]
-            position = (int(doc["next_task"]), int(doc["next_doc"]))
-            same = doc["job"] == self.job
-        except (ValueError, KeyError, TypeError):
-            log.warning("%s is unreadable; packing from the start", self.store.describe(JOURNAL_NAME))
-            return
-        if not same:
-            raise FastdataConfigError(
-                f"{self.store.display} holds an unfinished pack with other inputs or arguments; "
-                "re-run that pack, or pass --overwrite to start this one from scratch"
-            )
-        missing = [s.name for s in shards if self.store.size(s.name) != s.stored_bytes]
-        if missing:
-            log.warning("shard %s of the unfinished pack is missing or damaged; packing from the "
-                        "start", self.store.describe(missing[0]))
-            return
-        self.shards, self.position, self._written = shards, position, len(shards)
-        self.progress.skipped.update(doc.get("skipped", {}))
-        self.progress.resumed_shards = len(shards)
-        self._count(shards)
-
-    def _count(self, shards: Sequence[ShardInfo]) -> None:
-        self.progress.shards += len(shards)
-        self.progress.stored_bytes += sum(s.stored_bytes for s in shards)
-
-    def record(self, info: ShardInfo, position: tuple[int, int]) -> None:
-        """Note a published shard. The journal is rewritten after the first 64 shards and then
-        after every ~1/64 more, so its cost stays O(n log n) bytes; a crash re-packs at most
-        that many shards, whose bytes come out the same."""
-        self.shards.append(info)
-        self._count([info])
-        n = len(self.shards)
-        if n - self._written < max(1, n // 64):
-            return
-        self._written = n
-        self.position = position
-        doc = {"job": self.job, "shards": [asdict(s) for s in self.shards],
-               "next_task": position[0], "next_doc": position[1],
-               "skipped": dict(self.progress.skipped)}
-        self.store.write_bytes(JOURNAL_NAME, json.dumps(doc).encode())
-
-
 def _job_fingerprint(config: PackConfig, files: Sequence[InputFile], tokenizer_fp: str, dtype: str,
                      records: RecordSource | None) -> tuple[str, dict[str, Any]]:
     """Identity of the job, and the provenance recorded in the manifest."""
@@ -190,24 +130,6 @@ def _job_fingerprint(config: PackConfig, files: Sequence[InputFile], tokenizer_f
         job["identity"] = records.identity or secrets.token_hex(16)
     digest = xxhash.xxh3_128_hexdigest(json.dumps(job, sort_keys=True).encode())
     return digest, {"inputs": inputs, "pack_args": args}
-
-
-def _check_output(store: Store, overwrite: bool) -> None:
-    if store.size(MANIFEST_NAME) is None:
-        return
-    if not overwrite:
-        raise FastdataConfigError(
-            f"{store.describe(MANIFEST_NAME)} already exists; pass --overwrite to replace the dataset"
-        )
-    try:
-        old = parse_manifest(store.read_bytes(MANIFEST_NAME), store.describe(MANIFEST_NAME),
-                             allow_incomplete=True, read_table=store.read_bytes)
-        old_names = [s.name for s in old.shards]
-    except FastdataFormatError:
-        old_names = []
-    store.remove(MANIFEST_NAME)  # first, so that no reader sees a manifest with missing shards
-    for name in [*old_names, TABLE_NAME]:
-        store.remove(name)
 
 
 @dataclass(frozen=True)
@@ -251,7 +173,7 @@ def plan_pack(config: PackConfig, records: RecordSource | None = None) -> PackPl
     store.make_root()
     if store.local:
         sweep_stale_temps(store.path(""))
-    _check_output(store, config.overwrite)
+    check_output(store, config.overwrite)
     job, provenance = _job_fingerprint(config, files, tok.info.fingerprint, dtype, records)
     return PackPlan(tok, dtype, tasks, store, job, provenance, inputs, records)
 
@@ -273,7 +195,7 @@ def pack(config: PackConfig, progress: Callable[[PackProgress], None] | None = N
         plan = plan_pack(config, records)
         store = plan.store
         totals = PackProgress()
-        journal = _Journal(store, plan.job, totals)
+        journal = Journal(store, plan.job, totals)
         if config.overwrite:
             store.remove(JOURNAL_NAME)
         else:

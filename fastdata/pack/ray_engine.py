@@ -42,13 +42,12 @@ from fastdata.atomic import sweep_stale_temps
 from fastdata.errors import FastdataConfigError, FastdataError, FastdataIOError
 from fastdata.format.manifest import ShardInfo
 from fastdata.pack.encode import EncodeOptions
+from fastdata.pack.journal import JOURNAL_NAME, Journal
 from fastdata.pack.pipeline import (
-    JOURNAL_NAME,
     PackConfig,
     PackPlan,
     PackProgress,
     PackResult,
-    _Journal,
     plan_pack,
     write_manifest,
 )
@@ -160,7 +159,7 @@ def _claim_area(plan: PackPlan, overwrite: bool) -> None:
     if overwrite:
         store.remove(JOURNAL_NAME)
     else:
-        _Journal(store, plan.job, PackProgress()).load()  # refuses another job's local journal
+        Journal(store, plan.job, PackProgress()).load()  # refuses another job's local journal
     store.write_bytes(JOB_RECORD, json.dumps({"job": plan.job, "tasks": len(plan.tasks)}).encode())
 
 
