@@ -1,7 +1,9 @@
 """Fetching one remote object to a local file: ranged, parallel, retried, verified.
 
 Transient faults (connection resets, timeouts, truncated bodies, 5xx, 503 with
-Retry-After) are retried with bounded exponential backoff; 400/401/403/404 fail at once.
+Retry-After) are retried with bounded, jittered exponential backoff (:func:`backoff`, the one
+rule for both retry loops: whole objects in :func:`download`, small reads in :func:`retrying`);
+400/401/403/404 fail at once.
 Large objects come down as parallel ranged reads written in place. The result is checked
 against the expected size and xxh3-128 before the caller publishes it. An object fetched in
 several ranges must not change in between: over HTTP(S) every range after the first is
@@ -68,6 +70,15 @@ def _retry_after(error: BaseException) -> float | None:
         return float(value) if value is not None else None
     except (TypeError, ValueError, AttributeError):
         return None
+
+
+def backoff(policy: RetryPolicy, attempt: int, error: BaseException) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based): exponential from
+    ``base_backoff``, capped at ``max_backoff``, jittered down to half so that many readers
+    retrying together spread out, and never less than the server's Retry-After (at most 30 s)."""
+    ceiling = min(policy.max_backoff, policy.base_backoff * 2 ** (attempt - 1))
+    delay = ceiling * (0.5 + random.random() / 2)
+    return max(delay, min(_retry_after(error) or 0.0, 30.0))
 
 
 def is_permanent(error: BaseException) -> bool:
@@ -217,11 +228,8 @@ def download(store: Store, name: str, dest: str, size: int, digest: str | None, 
         if is_permanent(last) or attempt == policy.attempts:
             break
         stats.retries += 1
-        backoff = min(policy.max_backoff, policy.base_backoff * 2 ** (attempt - 1))
-        delay = backoff * (0.5 + random.random() / 2)
-        delay = max(delay, min(_retry_after(last) or 0.0, 30.0))
-        if isinstance(last, ObjectChangedError):
-            delay = 0.0  # nothing to wait for: start again from byte 0 on the new version
+        # an ObjectChangedError has nothing to wait for: start again from byte 0 on the new version
+        delay = 0.0 if isinstance(last, ObjectChangedError) else backoff(policy, attempt, last)
         log.warning("fetching %s failed (attempt %d of %d: %s); retrying in %.1f s", store.describe(name),
                     attempt, policy.attempts, _describe(last), delay)
         if on_retry is not None:
@@ -264,8 +272,8 @@ def retrying(what: str, call: Callable[[], T], policy: RetryPolicy | None = None
                     raise
                 raise FastdataDownloadError(
                     f"cannot read {what} after {attempt} attempts: {_describe(e)}") from None
-            delay = min(policy.max_backoff, policy.base_backoff * 2 ** (attempt - 1))
+            delay = backoff(policy, attempt, e)
             log.warning("reading %s failed (attempt %d of %d: %s); retrying in %.1f s", what, attempt,
                         policy.attempts, _describe(e), delay)
-            time.sleep(max(delay, min(_retry_after(e) or 0.0, 30.0)))
+            time.sleep(delay)
             attempt += 1
