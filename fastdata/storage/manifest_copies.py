@@ -97,12 +97,6 @@ class ManifestCopies:
     def save_table(self, name: str, data: bytes) -> None:
         self._write(self.table_path(name), bytes(data))
 
-    def drop(self, table_names: tuple[str, ...] = ()) -> None:
-        """Remove the manifest copy and the named table copies."""
-        for path in (self.manifest_path, *map(self.table_path, table_names)):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
     def _write(self, path: str, data: bytes) -> None:
         try:
             with atomic_output(path, mode=0o600) as f:

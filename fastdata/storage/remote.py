@@ -13,13 +13,12 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from fastdata import environment
-from fastdata.atomic import atomic_output, write_bytes_atomic
+from fastdata.atomic import write_bytes_atomic
 from fastdata.errors import FastdataConfigError, FastdataError, FastdataIntegrityError, FastdataIOError
 from fastdata.storage.backends import insecure_endpoint, own_the_retries, with_defaults
 from fastdata.storage.sas import split_query
@@ -313,22 +312,21 @@ class Store:
                 self._fs.pipe_file(self.path(name), data)
 
     def publish(self, local_file: str, name: str) -> None:
-        """Put the finished local file ``local_file`` under ``name``.
+        """Upload the finished local file ``local_file`` as ``name``: one upload, since object
+        stores make an object visible only when its upload completes.
 
-        Locally this is a rename when ``local_file`` is already in the root; otherwise a
-        copy through a temp file. Remotely it is one upload: object stores make an object
-        visible only when its upload completes.
+        Remote stores only: every writer (``pack/shards.py``, ``pack/ray_tasks.py``,
+        ``megatron/convert.py``) writes a local store's files in place at :meth:`path`.
+
+        Raises:
+            FastdataError: the store is local.
+            FastdataIOError: the upload failed.
         """
-        dest = self.path(name)
+        if self.local:
+            raise FastdataError(f"{self.describe(name)}: a local store's files are written in place at "
+                                "Store.path(name), never published")
         with self._guard("publishing", name):
-            if self.local:
-                if os.path.dirname(os.path.abspath(local_file)) == os.path.abspath(self._root):
-                    os.replace(local_file, dest)
-                else:
-                    with open(local_file, "rb") as src, atomic_output(dest) as out:
-                        shutil.copyfileobj(src, out, 8 << 20)
-            else:
-                self._fs.put_file(local_file, dest)
+            self._fs.put_file(local_file, self.path(name))
 
     def remove(self, name: str) -> None:
         """Delete ``name``; nothing happens when it does not exist."""
