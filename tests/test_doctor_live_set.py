@@ -58,3 +58,19 @@ def test_the_live_set_is_the_loaders_advised_limit(zstd_data, tmp_path):
 def test_without_the_jobs_batch_size_no_live_set_is_claimed(zstd_data, tmp_path):
     check = space(zstd_data, tmp_path, 1 << 30)
     assert "live_set" not in check.values and "live set" not in check.detail
+
+
+def test_the_command_line_reports_the_live_set(zstd_data, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    job = ["--batch-size", "2", "--partitions", "2", "--window", "8"]
+    live = space(zstd_data, tmp_path, None, batch_size=2, partitions=2, window=8).values["live_set"]
+    args = ["doctor", "--quick", "--json", "--cache-dir", str(tmp_path / "c"), "--url", zstd_data,
+            "--cache-limit", str(live - 1), *job]
+    out = subprocess.run([sys.executable, "-P", "-m", "fastdata.cli.main", *args], capture_output=True,
+                         text=True, timeout=100)
+    report = json.loads(out.stdout)
+    [check] = [c for c in report["checks"] if c["name"] == "cache-space"]
+    assert out.returncode == 1 and check["status"] == "fail" and check["values"]["live_set"] == live

@@ -33,6 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ranks-per-node", type=int, default=None, metavar="N",
                    help="ranks the job starts on this node (default: from FASTDATA_RANKS_PER_NODE / "
                         "LOCAL_WORLD_SIZE, else 1)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="the job's micro-batch per rank: with it, cache-space reports the live set the "
+                        "node's cache must hold for the job's order (and fails a --cache-limit below it)")
+    p.add_argument("--world-size", type=int, default=None, metavar="N",
+                   help="ranks in the whole job (default: --ranks-per-node, one node)")
+    p.add_argument("--window", type=int, default=16, metavar="SHARDS",
+                   help="the job's OrderOptions.window (default 16)")
+    p.add_argument("--partitions", type=int, default=None, metavar="P",
+                   help="the job's OrderOptions.partitions (default: the global batch)")
     p.add_argument("--quick", action="store_true",
                    help=f"smaller measurements ({QUICK.disk_bytes >> 20} MiB written, "
                         f"{QUICK.read_bytes >> 20} MiB downloaded, at most {QUICK.seconds:g} s each)")
@@ -47,7 +56,9 @@ def options_from_args(args: argparse.Namespace) -> DoctorOptions:
         cache_dir=os.path.abspath(args.cache_dir or default_cache_dir()),
         cache_limit=None if args.cache_limit is None else parse_size(args.cache_limit),
         url=args.url, storage_options=storage_options(args.storage_option),
-        ranks_per_node=ranks, env=env, budget=QUICK if args.quick else Budget())
+        ranks_per_node=ranks, env=env, budget=QUICK if args.quick else Budget(),
+        batch_size=args.batch_size, world_size=args.world_size, window=args.window,
+        partitions=args.partitions)
 
 
 def render(report: Report) -> str:

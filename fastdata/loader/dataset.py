@@ -355,7 +355,7 @@ class TokenDataset(IterableDataset):  # noqa: PLR0904 - the documented user-faci
             steps = range(start, plan.num_steps, num_workers)
         else:
             steps = plan.stripe.steps(start, plan.num_steps)
-        in_worker = torch.utils.data.get_worker_info() is not None
+        in_worker = World.in_worker()
 
         def make(part: range) -> list[dict[str, torch.Tensor]]:
             return list(step_items(plan, self.samples, part, batched=self.batch_size is not None,
