@@ -190,8 +190,9 @@ class DataLoader:
         blocks = snap.get("cache.block_hits", 0.0) + snap.get("fetch.blocks", 0.0)
         if blocks:  # block-granular reads (CacheConfig(blocks=True))
             snap["cache.block_hit_rate"] = snap.get("cache.block_hits", 0.0) / blocks
-        if snap.get("reader.bytes"):
-            snap["fetch.bytes_per_consumed"] = snap.get("fetch.bytes", 0.0) / snap["reader.bytes"]
+        if snap.get("loader.tokens"):  # per byte of the input tokens delivered (in the shards' dtype)
+            delivered = snap["loader.tokens"] * self.dataset.data.dtype.itemsize
+            snap["fetch.bytes_per_consumed"] = snap.get("fetch.bytes", 0.0) / delivered
         if all_ranks:
             snap.update(job_view(snap))
         return snap
