@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -36,18 +37,20 @@ def child(cfg: dict) -> None:
                                storage=StorageConfig(options=options), cache=cache)
     loader = fastdata.DataLoader(ds, batch_size=cfg["batch"], num_workers=2)
     built = time.perf_counter() - t0
-    it, first, n = iter(loader), None, 0
+    it, first, n, cut = iter(loader), None, 0, False
     deadline = time.perf_counter() + cfg["budget"]
     for _ in it:
         n += 1
         if first is None:
             first = time.perf_counter() - t0
         if time.perf_counter() > deadline:
+            cut = True
             break
     snap = loader.metrics()
     print(json.dumps({"construct_s": built, "first_batch_s": first, "epoch_s": time.perf_counter() - t0,
-                      "steps": n, "steps_per_epoch": len(loader), "reader_bytes": snap.get("reader.bytes", 0),
+                      "steps": n, "steps_per_epoch": len(loader), "cut": cut,
                       "fetch_requests": snap.get("fetch.requests", 0)}), flush=True)
+    os._exit(0)  # a cut run does not wait for the fetches in flight
 
 
 def pack(args: argparse.Namespace) -> Path:

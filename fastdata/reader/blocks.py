@@ -54,14 +54,18 @@ def block_mode(store: Store, info: ShardInfo) -> bool:
     return not store.local and not info.compressed and info.meta_bytes > 0
 
 
-def fetch_meta(store: Store, info: ShardInfo, dest: str, policy: RetryPolicy) -> None:
+def fetch_meta(store: Store, info: ShardInfo, dest: str, policy: RetryPolicy,
+               known: bytes | None = None) -> bytes:
     """Make ``dest`` the sparse cache file of shard ``info``: its checked metadata section,
-    holes for the payload (the cache's fill for a block-mode shard)."""
-    where = store.describe(info.name)
-    meta = retrying(f"{where} bytes 0-{info.meta_bytes - 1}",
-                    lambda: store.read_range(info.name, 0, info.meta_bytes), policy)
-    metrics.count("fetch.requests")
-    metrics.count("fetch.bytes", len(meta))
+    holes for the payload (the cache's fill for a block-mode shard). ``known`` is a copy this
+    process fetched before (an evicted shard coming back costs no request); returns it."""
+    meta = known
+    if meta is None:
+        where = store.describe(info.name)
+        meta = retrying(f"{where} bytes 0-{info.meta_bytes - 1}",
+                        lambda: store.read_range(info.name, 0, info.meta_bytes), policy)
+        metrics.count("fetch.requests")
+        metrics.count("fetch.bytes", len(meta))
     check_meta(meta, info)
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -69,6 +73,7 @@ def fetch_meta(store: Store, info: ShardInfo, dest: str, policy: RetryPolicy) ->
         os.ftruncate(fd, info.raw_bytes)
     finally:
         os.close(fd)
+    return meta
 
 
 def check_sparse(path: str, info: ShardInfo) -> None:
@@ -150,6 +155,15 @@ class BlockFill:
         metrics.count("cache.block_hits", len(blocks) - len(wanted))
         for run in self._runs(wanted):
             self._ensure_run(run)
+
+    def ensure_present(self, blocks: np.ndarray) -> bool:
+        """Whether :meth:`ensure` has work for ``blocks`` (False: all verified here already,
+        counted as block hits)."""
+        with self._lock:
+            known = bool(self._present[blocks].all())
+        if known:
+            metrics.count("cache.block_hits", len(blocks))
+        return not known
 
     def ensure_all(self) -> None:
         """Every block (a prefetch of the whole shard)."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from fastdata import metrics
 from fastdata.config import CacheConfig, StorageConfig, resolve
+from fastdata.daemon_pool import DaemonPool
 from fastdata.errors import FastdataFormatError
 from fastdata.format.manifest import Manifest, ShardTable, TokenizerInfo
 from fastdata.format.reader import ShardView, gather, open_shard
@@ -29,6 +30,10 @@ from fastdata.reader.manifest import load_manifest
 from fastdata.storage.remote import Store
 
 log = logging.getLogger(__name__)
+
+
+#: Shards whose missing blocks one gather fetches at once.
+BLOCK_FETCHES = 8
 
 
 class Dataset:
@@ -179,12 +184,25 @@ class Dataset:
         fill.ensure(fill.blocks_of(np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)))
 
     def ready_rows(self, shards: np.ndarray, spans: np.ndarray) -> None:
-        """:meth:`ready` for gather rows ``spans`` of (index into ``shards``, start, length)."""
+        """:meth:`ready` for gather rows ``spans`` of (index into ``shards``, start, length);
+        the shards' blocks are fetched in parallel (each one's runs in order)."""
         if not self._fills:
             return
+        jobs = []
         for i, shard in enumerate(shards.tolist()):
-            rows = spans[spans[:, 0] == i]
-            self.ready(int(shard), rows[:, 1], rows[:, 2])
+            with self._lock:
+                fill = self._fills.get(int(shard))
+            if fill is not None:
+                rows = spans[spans[:, 0] == i]
+                blocks = fill.blocks_of(rows[:, 1], rows[:, 2])
+                if fill.ensure_present(blocks):  # some are missing (or not yet verified here)
+                    jobs.append((fill, blocks))
+        if len(jobs) == 1:
+            jobs[0][0].ensure(jobs[0][1])
+        elif jobs:
+            with DaemonPool(min(len(jobs), BLOCK_FETCHES), "fastdata-blocks") as pool:
+                for future in [pool.submit(fill.ensure, blocks) for fill, blocks in jobs]:
+                    future.result()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without open mappings or locks (DataLoader workers reopen lazily)."""

@@ -40,6 +40,9 @@ from fastdata.storage.remote import Store
 
 log = logging.getLogger(__name__)
 Release = Callable[[], None]
+#: Block mode: metadata sections a process keeps, so that a shard evicted and needed again
+#: is re-created without a request (at most this many, each a header + index + block table).
+KEPT_METAS = 256
 
 
 def _nothing() -> None:
@@ -131,6 +134,7 @@ class FastdataFiles:
         self._cache = None
         self._dir = None
         self._checked: set[int] = set()
+        self._metas: dict[str, bytes] = {}  # block mode: metadata sections this process fetched
         self._lock = threading.Lock()
         if self.in_place:
             return
@@ -235,7 +239,10 @@ class FastdataFiles:
         for a shard fetched block by block, only its metadata (``reader/blocks.py``)."""
         if self._by_block(info):
             with metrics.stage("fetch"):
-                fetch_meta(self.store, info, dest, self.policy)
+                self._metas[info.name] = fetch_meta(self.store, info, dest, self.policy,
+                                                    self._metas.pop(info.name, None))
+            while len(self._metas) > KEPT_METAS:  # bounded: the least recently fetched go
+                self._metas.pop(next(iter(self._metas)))
             return
         counted_fill(lambda: self._fill(info, dest), 0 if self.store.local else info.stored_bytes)
 
