@@ -19,6 +19,8 @@ def ensure_dataset(args: argparse.Namespace) -> Path:
 
     out = args.work_dir / "dataset"
     key = {"tokens": args.tokens, "shard_size": args.shard_size, "seed": 0, "vocab": 50000}
+    if args.block_size:
+        key["block_size"] = args.block_size
     stamp = args.work_dir / "dataset.json"
     if (out / "manifest.json").exists() and stamp.exists() and json.loads(stamp.read_text()) == key:
         try:
@@ -42,6 +44,7 @@ def ensure_dataset(args: argparse.Namespace) -> Path:
                    compression="none", row_group_size=256)
     cmd = [args.fastdata, "pack", str(src), "-o", str(out), "--pretokenized", "--tokenizer", "none",
            "--vocab-size", str(key["vocab"]), "--text-field", "tokens", "--shard-size", args.shard_size,
+           *(["--block-size", args.block_size] if args.block_size else []),
            "--overwrite", "-q"]
     log("$ " + " ".join(cmd))
     t0 = time.perf_counter()

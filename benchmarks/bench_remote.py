@@ -78,7 +78,23 @@ from _remote_data import dataset_info, ensure_dataset, shard_meta  # noqa: E402
 from render import remote_markdown  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+#: ``--blocks``: ``CacheConfig(blocks=...)`` of every remote run (None: the loose keywords, as before).
+BLOCKS: list[bool | None] = [None]
 # ============================================================================ the fastdata children
+
+def make_dataset(cfg: dict, limit: int | None):
+    """``TokenDataset`` of the child: loose keywords, or ``CacheConfig(blocks=...)`` with ``blocks``."""
+    import fastdata  # noqa: PLC0415
+
+    options = {"connection_string": cfg["conn"], "allow_insecure": True} if cfg.get("conn") else None
+    if cfg.get("blocks") is None or not cfg.get("conn"):
+        return fastdata.TokenDataset(cfg["url"], seq_len=SEQ_LEN, shuffle=True, seed=0,
+                                     storage_options=options, cache_dir=cfg.get("cache_dir"),
+                                     cache_limit=limit)
+    cache = fastdata.CacheConfig(dir=cfg["cache_dir"], limit=limit, blocks=cfg["blocks"])
+    return fastdata.TokenDataset(cfg["url"], seq_len=SEQ_LEN, shuffle=True, seed=0,
+                                 storage=fastdata.StorageConfig(options=options), cache=cache)
+
 
 def epochs_child(cfg: dict) -> dict:
     """Child: build the loader, run epochs, print an event line at each epoch's start/end
@@ -89,9 +105,7 @@ def epochs_child(cfg: dict) -> dict:
 
     _ = fastdata.TokenDataset, fastdata.DataLoader
     t_import = time.time()
-    options = {"connection_string": cfg["conn"], "allow_insecure": True} if cfg.get("conn") else None
-    ds = fastdata.TokenDataset(cfg["url"], seq_len=SEQ_LEN, shuffle=True, seed=0, storage_options=options,
-                               cache_dir=cfg.get("cache_dir"), cache_limit=cfg.get("cache_limit"))
+    ds = make_dataset(cfg, cfg.get("cache_limit"))
     t_ds = time.time()
     loader = fastdata.DataLoader(ds, batch_size=BATCH, num_workers=WORKERS)
     t_built = time.time()
@@ -152,10 +166,8 @@ def minimum_child(cfg: dict) -> dict:
     """Child: the smallest ``cache_limit`` fastdata accepts, from its refusal of 1 byte."""
     import fastdata  # noqa: PLC0415
 
-    options = {"connection_string": cfg["conn"], "allow_insecure": True}
     try:
-        ds = fastdata.TokenDataset(cfg["url"], seq_len=SEQ_LEN, shuffle=True, seed=0, storage_options=options,
-                                   cache_dir=cfg["cache_dir"], cache_limit=1)
+        ds = make_dataset(cfg, 1)
         fastdata.DataLoader(ds, batch_size=BATCH, num_workers=WORKERS)
     except Exception as e:  # noqa: BLE001 - the refusal is the answer
         m = re.search(r"at least (\d+) bytes", str(e)) or re.search(r"(\d+) bytes\D*$", str(e))
@@ -171,7 +183,8 @@ def run_fastdata(cfg: dict, proxies: list, env: dict | None = None, spawn: float
 
 
 def proxied(proxy, url: str, cache: Path, limit: int, **cfg) -> dict:
-    return {"url": url, "conn": conn_string(proxy.port), "cache_dir": str(cache), "cache_limit": limit, **cfg}
+    return {"url": url, "conn": conn_string(proxy.port), "cache_dir": str(cache), "cache_limit": limit,
+            "blocks": BLOCKS[0], **cfg}
 
 
 def phase_local(args, dataset: Path) -> dict:
@@ -361,6 +374,7 @@ def run_all(args: argparse.Namespace) -> dict:  # noqa: C901 - one phase after a
     res: dict = {"dataset": info, "dataset_path": str(dataset), "cache_limit": big, "quick": args.quick,
                  "source": source_state(), "command": " ".join(["benchmarks/bench_remote.py", *args.argv]),
                  "args": {"latency": args.latency, "cap": args.cap, "shard_size": args.shard_size,
+                          "block_size": args.block_size, "blocks": args.blocks,
                           "ttfb_latency": args.ttfb_latency, "fast_latency": args.fast_latency,
                           "fast_cap": args.fast_cap},
                  "load_before": os.getloadavg()}
@@ -420,8 +434,8 @@ def run_all(args: argparse.Namespace) -> dict:  # noqa: C901 - one phase after a
 PHASES = ("local", "unshaped", "shaped", "rerun", "sweep", "small_cache", "link", "ttfb", "two_nodes",
           "data_wait", "peers")
 #: ``--quick``: defaults for a smoke test of every phase in a few minutes (explicit options win).
-QUICK = {"tokens": 8_000_000, "shard_size": "2MB", "ttfb_runs": 1, "small_cache_s": 10, "sweep_s": 20,
-         "wait_steps": 40, "timeout": 240}
+QUICK = {"tokens": 8_000_000, "shard_size": "256KB", "block_size": "64KiB", "ttfb_runs": 1,
+         "small_cache_s": 10, "sweep_s": 20, "wait_steps": 40, "timeout": 240}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -439,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=lambda s: int(float(s)), default=128_000_000,
                     help="dataset size in uint16 tokens (default 1.28e8 = 256 MB)")
     ap.add_argument("--shard-size", default="16MB", help="fastdata pack --shard-size")
+    ap.add_argument("--block-size", default=None, help="fastdata pack --block-size (default: pack's)")
+    ap.add_argument("--blocks", choices=("on", "off", "default"), default="on",
+                    help="CacheConfig(blocks=True/False) for the remote runs; default: fastdata's default")
     ap.add_argument("--latency", type=float, default=0.020, help="per-direction delay, s (shaped runs)")
     ap.add_argument("--cap", type=float, default=50e6, help="link bandwidth cap, bytes/s (shaped runs)")
     ap.add_argument("--fast-latency", type=float, default=0.002, help="the second link of the link phase")
@@ -462,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.set_defaults(**QUICK)
     args = ap.parse_args(argv)
     args.argv = argv
+    BLOCKS[0] = {"on": True, "off": False, "default": None}[args.blocks]
     args.work_dir = args.work_dir or HERE / ".work" / ("remote-quick" if args.quick else "remote")
     args.peers_skipped = "--no-peers"
     if not args.no_peers and not args.peers_python.exists():

@@ -209,6 +209,15 @@ def shaping(latency: float, cap: float | None) -> str:
     return " + ".join(parts)
 
 
+def _mode(res: dict) -> str:
+    a, info = res["args"], res["dataset"]
+    block = (f"{info['block_size'] / 1024:,.0f} KiB blocks" if info.get("block_size")
+             else "no block table (v1)")
+    how = {"on": "`CacheConfig(blocks=True)` (block-granular fetches)", "off": "`CacheConfig(blocks=False)` "
+           "(whole shards)"}.get(a.get("blocks") or "", "fastdata's default cache mode")
+    return f"{how}; shards of {block}"
+
+
 def epoch_rows(label: str, res: dict, local_tps: float | None, cap: float | None) -> list[str]:
     if "error" in res:
         return [f"| {label} | failed: {res['error']} | | | | | | |"]
@@ -239,7 +248,8 @@ def remote_markdown(res: dict) -> str:  # noqa: C901 - one table after another
              "reach it through a TCP proxy (`tests/_faultproxy.py`) with one bandwidth cap for the whole "
              "link and a per-direction delay (a request costs at least 2x the latency). fastdata: "
              "`TokenDataset(az://..., seq_len=2048, shuffle=True, cache_dir, cache_limit)` + "
-             "`fastdata.DataLoader(batch_size=8, num_workers=2)` (threads), a fresh process and a fresh "
+             f"`fastdata.DataLoader(batch_size=8, num_workers=2)` (threads), remote reads with "
+             f"{_mode(res)}, a fresh process and a fresh "
              f"node cache per row (cache limit {res['cache_limit'] / MB:,.0f} MB unless stated); epochs "
              "timed from `iter(loader)` to the last batch; MB/s = bytes through the proxy during the epoch "
              "/ epoch time.")
@@ -455,8 +465,7 @@ def targets_markdown(res: dict) -> list[str]:  # noqa: C901 - one target after a
     ok = [r for r in (tt or {}).get("runs", []) if "error" not in r]
     if ok:
         r = min(ok, key=lambda r: r["construct_and_first_s"])
-        un = (res.get("unshaped") or {}).get("epochs") or [{}]
-        rate = (un[0].get("mb_per_s") or 0) * MB or res["args"]["cap"]
+        rate = res["args"]["cap"]  # the shaped link's rate: a bound that does not depend on fastdata's speed
         allow = min(r["first_bytes"], 2 * 8 * (info.get("block_size") or 0))
         bound = 1 + allow / rate
         T.append((f"first batch from a cold cache at {tt['latency_s'] * 1e3:.0f} ms < 1 s + the first "
