@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -40,8 +41,12 @@ def main(config: str) -> int:
         raise
     finally:
         result["t_end"] = time.monotonic()
-        with open(os.path.join(cfg["out"], f"result-{rank}.json"), "w", encoding="utf-8") as f:
+        # torchrun's SIGTERM (sent when another local rank failed) must not cut the report short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        path = os.path.join(cfg["out"], f"result-{rank}.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(result, f)
+        os.replace(path + ".tmp", path)
     return 0
 
 
