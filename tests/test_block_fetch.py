@@ -243,3 +243,4 @@ def test_a_full_disk_while_writing_a_block_is_a_named_cache_error(server, tmp_pa
     with pytest.raises(fastdata.FastdataCacheError, match=r"no space left writing \d+ bytes of .*shard-\d+"
                                                           r"\.fds at byte \d+"):
         batches(ds)
+    ds.data.close()  # unpin now, not when a later test's GC finds it

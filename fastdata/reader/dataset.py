@@ -276,14 +276,18 @@ class Dataset:
             release()
 
     def __del__(self) -> None:
-        # unpin node-cache entries when a dataset is dropped without close()
+        # Unpin node-cache entries when a dataset is dropped without close(). On a thread of its
+        # own: the cyclic GC may run this finaliser in a thread that is inside a node-cache
+        # transaction, whose (non-reentrant) lock an unpin takes. At interpreter exit no thread
+        # starts; the process's lease then ends and its pins with it.
         views = getattr(self, "_views", None)
         if views:
-            for _, release in list(views.values()):
-                try:
-                    release()
-                except Exception:  # noqa: BLE001 - never raise from a finaliser
-                    pass
+            releases = [release for _, release in list(views.values())]
+            try:
+                threading.Thread(target=_release_quietly, args=(releases,), name="fastdata-unpin",
+                                 daemon=True).start()
+            except Exception:  # noqa: BLE001 - never raise from a finaliser
+                pass
 
     def __enter__(self) -> Dataset:
         return self
@@ -321,6 +325,14 @@ def open_packed(url: str, *, storage_options: Mapping[str, Any] | None = None,  
     files = FastdataFiles(store, manifest, cache.dir, cache.limit, storage.retry, blocks=cache.blocks,
                           wait_timeout=cache.wait_timeout)
     return Dataset(store, manifest, cache.dir, cache.limit, files=files)
+
+
+def _release_quietly(releases: list[Release]) -> None:
+    for release in releases:
+        try:
+            release()
+        except Exception:  # noqa: BLE001 - a finaliser's work: nothing to report to
+            pass
 
 
 def _drop(entries: list[tuple[ShardView, Release]]) -> None:
