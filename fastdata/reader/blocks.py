@@ -115,6 +115,7 @@ class BlockFill:
         self.tokens_offset, self.mask_offset = header.tokens_offset, header.mask_offset
         self.itemsize = DTYPES[header.dtype_code].itemsize
         self._present = np.zeros(len(self.table), dtype=bool)
+        self.complete = len(self.table) == 0  #: every block verified here: gathers skip the bookkeeping
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -186,6 +187,7 @@ class BlockFill:
                 self._fetch(sub)
         with self._lock:
             self._present[run] = True
+            self.complete = bool(self._present.all())
 
     def _span(self, run: np.ndarray) -> tuple[int, int]:
         first, last = int(run[0]), int(run[-1])

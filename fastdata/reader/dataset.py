@@ -179,7 +179,7 @@ class Dataset:
             return
         with self._lock:
             fill = self._fills.get(index)
-        if fill is None:
+        if fill is None or fill.complete:
             return
         fill.ensure(fill.blocks_of(np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)))
 
@@ -192,7 +192,7 @@ class Dataset:
         for i, shard in enumerate(shards.tolist()):
             with self._lock:
                 fill = self._fills.get(int(shard))
-            if fill is not None:
+            if fill is not None and not fill.complete:
                 rows = spans[spans[:, 0] == i]
                 blocks = fill.blocks_of(rows[:, 1], rows[:, 2])
                 if fill.ensure_present(blocks):  # some are missing (or not yet verified here)
