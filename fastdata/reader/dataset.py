@@ -9,6 +9,7 @@ node-wide cache with limits and eviction is ``TokenDataset``'s business, not thi
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from fastdata.format.manifest import Manifest, ShardTable, TokenizerInfo
 from fastdata.format.reader import ShardView, gather, open_shard
 from fastdata.format.spec import DTYPE_CODES, DTYPES
 from fastdata.reader.blocks import BlockFill
+from fastdata.storage import cache_db
 from fastdata.reader.files import FastdataFiles, Release, ShardFiles, default_cache_dir
 from fastdata.reader.manifest import load_manifest
 from fastdata.storage.remote import Store
@@ -103,6 +105,8 @@ class Dataset:
 
     def shard(self, index: int) -> ShardView:
         """The opened (validated, memory-mapped) shard ``index``; safe to call from threads."""
+        if not _UNPINS.empty():
+            _drain_unpins()
         with self._lock:
             entry = self._views.get(index)
             if entry is not None:
@@ -282,10 +286,13 @@ class Dataset:
         # starts; the process's lease then ends and its pins with it.
         views = getattr(self, "_views", None)
         if views:
-            releases = [release for _, release in list(views.values())]
             try:
-                threading.Thread(target=_release_quietly, args=(releases,), name="fastdata-unpin",
-                                 daemon=True).start()
+                releases = [release for _, release in list(views.values())]
+                if cache_db.gate.acquire(blocking=False):  # no transaction is running: unpin now
+                    cache_db.gate.release()
+                    _release_quietly(releases)
+                else:  # maybe this very thread's: SimpleQueue.put is safe here, the next open drains
+                    _UNPINS.put(releases)
             except Exception:  # noqa: BLE001 - never raise from a finaliser
                 pass
 
@@ -327,12 +334,26 @@ def open_packed(url: str, *, storage_options: Mapping[str, Any] | None = None,  
     return Dataset(store, manifest, cache.dir, cache.limit, files=files)
 
 
+#: Releases a finaliser could not run at once (the node cache's lock was taken, perhaps by the
+#: very thread the GC ran it in): run by the next shard open or close, in an ordinary context.
+_UNPINS: queue.SimpleQueue[list[Release]] = queue.SimpleQueue()
+
+
 def _release_quietly(releases: list[Release]) -> None:
     for release in releases:
         try:
             release()
         except Exception:  # noqa: BLE001 - a finaliser's work: nothing to report to
             pass
+
+
+def _drain_unpins() -> None:
+    while True:
+        try:
+            releases = _UNPINS.get_nowait()
+        except queue.Empty:
+            return
+        _release_quietly(releases)
 
 
 def _drop(entries: list[tuple[ShardView, Release]]) -> None:
