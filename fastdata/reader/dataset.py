@@ -26,9 +26,9 @@ from fastdata.format.manifest import Manifest, ShardTable, TokenizerInfo
 from fastdata.format.reader import ShardView, gather, open_shard
 from fastdata.format.spec import DTYPE_CODES, DTYPES
 from fastdata.reader.blocks import BlockFill
-from fastdata.storage import cache_db
 from fastdata.reader.files import FastdataFiles, Release, ShardFiles, default_cache_dir
 from fastdata.reader.manifest import load_manifest
+from fastdata.storage import cache_db
 from fastdata.storage.remote import Store
 
 log = logging.getLogger(__name__)
