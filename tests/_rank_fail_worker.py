@@ -17,6 +17,9 @@ def main(config: str) -> int:
     with open(config, encoding="utf-8") as f:
         cfg = json.load(f)
     rank, node = int(os.environ["RANK"]), int(os.environ["GROUP_RANK"])
+    # torchrun's SIGTERM (another local rank failed) may come before the loader iterates (and
+    # installs its own): end through the report below either way
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import torch
     import torch.distributed as dist
 
