@@ -15,7 +15,7 @@ from fastdata.pack.tokenizers import TokenizerSpec
 
 
 def packed_dataset(directory: str, *, docs: int = 400, seed: int = 0, shard_size: int = 4096,
-                   chat: bool = False) -> str:
+                   chat: bool = False, compression: str | None = None) -> str:
     """Pack a deterministic corpus with the byte tokenizer; returns the dataset path."""
     os.makedirs(directory, exist_ok=True)
     out = os.path.join(directory, "ds")
@@ -23,7 +23,7 @@ def packed_dataset(directory: str, *, docs: int = 400, seed: int = 0, shard_size
         return out
     src = write_jsonl(os.path.join(directory, "c.jsonl"), make_docs(docs, seed=seed, long_every=97))
     encode = EncodeOptions(ReadOptions(chat=chat), TokenizerSpec("bytes"))
-    pack(PackConfig(inputs=(src,), output=out, encode=encode, shard_size=shard_size))
+    pack(PackConfig(inputs=(src,), output=out, encode=encode, shard_size=shard_size, compression=compression))
     return out
 
 

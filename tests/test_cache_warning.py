@@ -7,25 +7,16 @@ import logging
 import re
 
 import pytest
-from _corpus import make_docs, write_jsonl
+from _loader import packed_dataset
 
 import fastdata
-from fastdata.pack.encode import EncodeOptions
-from fastdata.pack.pipeline import PackConfig, pack
-from fastdata.pack.sources import ReadOptions
-from fastdata.pack.tokenizers import TokenizerSpec
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def zstd_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("warn")
-    src = write_jsonl(str(root / "c.jsonl"), make_docs(900, seed=3, long_every=97))
-    out = str(root / "ds")
-    pack(PackConfig(inputs=(src,), output=out, encode=EncodeOptions(ReadOptions(), TokenizerSpec("bytes")),
-                    shard_size=4096, compression="zstd"))
-    return out
+    return packed_dataset(str(tmp_path_factory.mktemp("warn")), docs=900, seed=3, compression="zstd")
 
 
 def test_a_tight_cache_names_the_limit_and_the_window_that_fits(zstd_data, tmp_path, caplog):

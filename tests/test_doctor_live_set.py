@@ -5,15 +5,11 @@ one byte less and it does not (and the doctor says which window would fit)."""
 from __future__ import annotations
 
 import pytest
-from _corpus import make_docs, write_jsonl
+from _loader import packed_dataset
 
 import fastdata
 from fastdata.doctor import DoctorOptions
 from fastdata.doctor.cache import cache_checks
-from fastdata.pack.encode import EncodeOptions
-from fastdata.pack.pipeline import PackConfig, pack
-from fastdata.pack.sources import ReadOptions
-from fastdata.pack.tokenizers import TokenizerSpec
 from fastdata.reader.manifest import load_manifest
 from fastdata.storage.remote import Store
 
@@ -22,12 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def zstd_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("live")
-    src = write_jsonl(str(root / "c.jsonl"), make_docs(900, seed=4, long_every=97))
-    out = str(root / "ds")
-    pack(PackConfig(inputs=(src,), output=out, encode=EncodeOptions(ReadOptions(), TokenizerSpec("bytes")),
-                    shard_size=4096, compression="zstd"))
-    return out
+    return packed_dataset(str(tmp_path_factory.mktemp("live")), docs=900, seed=4, compression="zstd")
 
 
 def space(url: str, tmp_path, limit: int | None, **job):

@@ -9,14 +9,10 @@ import time
 
 import pytest
 import torch
-from _corpus import make_docs, write_jsonl
+from _loader import packed_dataset
 
 import fastdata
 from fastdata.loader.stream import chunks
-from fastdata.pack.encode import EncodeOptions
-from fastdata.pack.pipeline import PackConfig, pack
-from fastdata.pack.sources import ReadOptions
-from fastdata.pack.tokenizers import TokenizerSpec
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,12 +32,7 @@ def test_chunks_double_up_to_the_largest_and_keep_a_lanes_stride(steps, largest,
 @pytest.fixture(scope="module")
 def zstd_data(tmp_path_factory):
     """Compressed shards: read through the cache directory, so every entry point fetches."""
-    root = tmp_path_factory.mktemp("zstd")
-    src = write_jsonl(str(root / "c.jsonl"), make_docs(600, seed=5, long_every=97))
-    out = str(root / "ds")
-    pack(PackConfig(inputs=(src,), output=out, encode=EncodeOptions(ReadOptions(), TokenizerSpec("bytes")),
-                    shard_size=4096, compression="zstd"))
-    return out
+    return packed_dataset(str(tmp_path_factory.mktemp("zstd")), docs=600, seed=5, compression="zstd")
 
 
 def cached(directory: str) -> int:
