@@ -144,3 +144,70 @@ def test_c7_warm_run_makes_no_gets_and_two_damaged_shards_are_fetched_again(serv
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len([m for m in messages if flipped in m and "xxh3_128" in m]) == 1, messages
     assert len([m for m in messages if truncated in m and "size is" in m]) == 1, messages
+
+
+@pytest.mark.parametrize("limit", [None, "64MB"], ids=["plain", "node-cache"])
+def test_two_threads_pinning_one_damaged_copy_report_and_drop_it_once(server, dataset, tmp_path,
+                                                                      caplog, monkeypatch, limit):
+    """The prefetcher and the consumer can pin the same damaged cached shard at once: it is
+    hashed, reported and dropped by one of them, and fetched again once, not once per thread.
+    (The hash check waits for a second thread to reach it, so without the per-shard judging
+    lock both threads hash the damaged file; with it the wait times out and the second thread
+    finds the copy already dropped.)"""
+    import logging
+    import threading
+
+    from fastdata.reader import files as files_module
+
+    cache = str(tmp_path / "cache")
+    options = {"storage_options": INSECURE, "cache_dir": cache, "cache_limit": limit}
+    want = read_all(str(dataset / "ds"))
+    assert_same(read_all(server.url + "/ds", **options), want)
+    cold = shard_gets(server)
+    victim = os.path.join(namespace_dir(cache), "shard-00002.fds")
+    with open(victim, "r+b") as f:
+        f.seek(50)
+        b = f.read(1)
+        f.seek(50)
+        f.write(bytes([b[0] ^ 1]))
+
+    both_inside = threading.Barrier(2)
+    real_check = files_module.check_file
+
+    def check_when_both_arrive(*args, **kwargs):
+        try:
+            both_inside.wait(timeout=1.0)
+        except threading.BrokenBarrierError:
+            pass
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(files_module, "check_file", check_when_both_arrive)
+    ds = fastdata.open_dataset(server.url + "/ds", storage_options=INSECURE, cache_dir=cache,
+                               cache_limit=limit)
+    got: list[str] = []
+    errors: list[BaseException] = []
+
+    def pin() -> None:
+        try:
+            path, release = ds.files.acquire(2)
+            with open(path, "rb") as f:
+                got.append(f.read().hex())
+            release()
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            errors.append(e)
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastdata"):
+        threads = [threading.Thread(target=pin) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors, errors
+    with open(dataset / "ds" / "shard-00002.fds", "rb") as f:
+        assert got == [f.read().hex()] * 2  # both threads read the intact bytes
+    reports = [r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING and "xxh3_128" in r.getMessage()]
+    assert len(reports) == 1, reports
+    again = shard_gets(server) - cold
+    assert dict(again) == {"/ds/shard-00002.fds": cold["/ds/shard-00002.fds"]}

@@ -43,6 +43,7 @@ Release = Callable[[], None]
 #: Block mode: metadata sections a process keeps, so that a shard evicted and needed again
 #: is re-created without a request (at most this many, each a header + index + block table).
 KEPT_METAS = 256
+_JUDGE_STRIPES = 64  # locks shared by shard index modulo this, so the set stays O(1)
 
 
 def _nothing() -> None:
@@ -136,6 +137,9 @@ class FastdataFiles:
         self._checked: set[int] = set()
         self._metas: dict[str, bytes] = {}  # block mode: metadata sections this process fetched
         self._lock = threading.Lock()
+        # one thread at a time judges (and drops) a given shard's cached copy, so a damaged
+        # copy is hashed, reported and dropped once, not once per thread that pinned it
+        self._judging = [threading.Lock() for _ in range(_JUDGE_STRIPES)]
         if self.in_place:
             return
         if self.limit is not None:
@@ -171,12 +175,13 @@ class FastdataFiles:
                 path, filled = self._plain(info, raw_name)
                 if filled:
                     self._mark_checked(index)
-                verdict = filled or self._verified(index, info, path)
+                with self._judging[index % _JUDGE_STRIPES]:
+                    verdict = filled or self._verified(index, info, path)
+                    if verdict is False:
+                        drop(path)
                 if verdict:
                     count_use(filled, ahead)
                     return path, _nothing
-                if verdict is False:
-                    drop(path)
             raise FastdataIntegrityError(f"{self.store.describe(info.name)}: the cached copy stays damaged")
         damaged = 0
         for _ in range(4):
@@ -189,14 +194,17 @@ class FastdataFiles:
             handle = self._cache.acquire(self.namespace, raw_name, info.raw_bytes, fill, next_use=next_use)
             if fetched:
                 self._mark_checked(index)
-            verdict = True if fetched else self._verified(index, info, handle.path)
+            with self._judging[index % _JUDGE_STRIPES]:
+                verdict = True if fetched else self._verified(index, info, handle.path)
+                if not verdict:
+                    handle.release()
+                if verdict is False:
+                    self._cache.invalidate(self.namespace, raw_name)
             if verdict:
                 count_use(bool(fetched), ahead)
                 return handle.path, handle.release
-            handle.release()
             if verdict is None:
-                continue  # another process dropped the damaged copy under us: take the new one
-            self._cache.invalidate(self.namespace, raw_name)
+                continue  # another process or thread dropped the damaged copy: take the new one
             damaged += 1
             if damaged == 2:
                 break
