@@ -21,17 +21,19 @@ from _faultproxy import FaultProxy
 BOOKKEEPING = ".fastdata-cache"
 
 
-def du(path: str, skip: str = BOOKKEEPING) -> int:
+def du(path: str, skip: str = BOOKKEEPING, *, allocated: bool = False) -> int:
     """Bytes of the files under ``path`` (temp files included), leaving out every directory
-    whose name starts with ``skip``; a file removed while walking counts as 0."""
+    whose name starts with ``skip``; a file removed while walking counts as 0. ``allocated``:
+    the bytes the disk holds for them (``st_blocks``), the measure for sparse files."""
     total = 0
     for root, dirs, files in os.walk(path):
         dirs[:] = [d for d in dirs if not d.startswith(skip)]
         for n in files:
             try:
-                total += os.lstat(os.path.join(root, n)).st_size
+                st = os.lstat(os.path.join(root, n))
             except FileNotFoundError:
-                pass
+                continue
+            total += st.st_blocks * 512 if allocated else st.st_size
     return total
 
 
@@ -40,8 +42,8 @@ class DiskMonitor:
     peak of each. ``with DiskMonitor([a, b]) as m: ...`` then ``m.peaks`` (``m.peak`` for one
     directory) and ``m.samples`` (rounds taken over all the directories)."""
 
-    def __init__(self, paths: Iterable[str], interval: float = 0.005) -> None:
-        self.paths = [str(p) for p in paths]
+    def __init__(self, paths: Iterable[str], interval: float = 0.005, *, allocated: bool = False) -> None:
+        self.paths, self.allocated = [str(p) for p in paths], allocated
         self.peaks, self.samples, self.interval = [0] * len(self.paths), 0, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="disk-monitor")
@@ -50,7 +52,7 @@ class DiskMonitor:
     def _run(self) -> None:
         while not self._stop.is_set():
             for i, p in enumerate(self.paths):
-                self.peaks[i] = max(self.peaks[i], du(p))
+                self.peaks[i] = max(self.peaks[i], du(p, allocated=self.allocated))
             self.samples += 1
             time.sleep(self.interval)
 

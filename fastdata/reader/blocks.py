@@ -15,8 +15,11 @@ are fetched when a batch (or the prefetcher) needs them:
   open-file-description lock on the run's byte range: one fetch per block per node, shared
   by every process and thread, and released by the kernel if a holder dies.
 
-The cache accounts the whole shard (the hard limit holds however full the file is);
-eviction stays per shard. A remote block whose bytes never match its hash ends in
+A node cache accounts such a file at the pages written into it: its metadata when it is
+created, then each run's pages just before they are written (``NodeCache.grow``, which
+evicts other unpinned files to make room), so a partly fetched shard takes only its share
+of the limit. Eviction stays per file: a shard's present blocks go together. A remote block
+whose bytes never match its hash ends in
 ``FastdataIntegrityError`` naming the shard, the block and its byte range.
 """
 
@@ -28,7 +31,7 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -40,6 +43,7 @@ from fastdata.errors import FastdataCacheError, FastdataIntegrityError
 from fastdata.format.blocks import BlockTable, check_meta, verify_block
 from fastdata.format.shard_table import ShardInfo
 from fastdata.format.spec import DTYPES, unpack_header
+from fastdata.storage.cache import PAGE
 from fastdata.storage.download import RetryPolicy, retrying
 from fastdata.storage.remote import Store
 
@@ -100,10 +104,14 @@ class BlockFill:
         info: the shard's manifest entry.
         path: its sparse file in the cache (pinned by the caller while this is used).
         policy: retries and the largest ranged GET.
+        grow: accounts bytes about to be written into the file (a node cache's ``grow`` for
+            it), or None (a plain cache directory).
     """
 
-    def __init__(self, store: Store, info: ShardInfo, path: str, policy: RetryPolicy) -> None:
+    def __init__(self, store: Store, info: ShardInfo, path: str, policy: RetryPolicy,  # noqa: PLR0913
+                 grow: Callable[[int], None] | None = None) -> None:
         self.store, self.info, self.path, self.policy = store, info, path, policy
+        self._grow = grow
         self._fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             meta = os.pread(self._fd, info.meta_bytes, 0)
@@ -183,7 +191,10 @@ class BlockFill:
         with self._locked(lo, hi):  # another process (or thread) filling these waits, then finds them
             missing = [int(b) for b in run if not self._on_disk(int(b))]
             metrics.count("cache.block_hits", len(run) - len(missing))
-            for sub in self._runs(np.asarray(missing, dtype=np.int64)) if missing else ():
+            subs = list(self._runs(np.asarray(missing, dtype=np.int64))) if missing else []
+            if self._grow is not None and subs:
+                self._grow(sum(page_span(*self._span(sub)) for sub in subs))
+            for sub in subs:
                 self._fetch(sub)
         with self._lock:
             self._present[run] = True
@@ -254,6 +265,12 @@ class BlockFill:
             yield
         finally:
             os.close(fd)  # drops the lock
+
+
+def page_span(lo: int, hi: int) -> int:
+    """Bytes of the file-system pages that bytes ``[lo, hi)`` of a file touch: what writing
+    them can add to a sparse file's disk usage (so the accounting never undercounts)."""
+    return 0 if hi <= lo else (-(-hi // PAGE) - lo // PAGE) * PAGE
 
 
 def _write(fd: int, data: bytes | memoryview, offset: int, where: str = "") -> None:

@@ -20,6 +20,7 @@ in the node cache and in the plain directory alike. Cache entries are never syml
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -33,7 +34,7 @@ from fastdata.errors import FastdataCacheError, FastdataConfigError, FastdataInt
 from fastdata.format.compression import decompress_shard
 from fastdata.format.hashing import hash_file
 from fastdata.format.manifest import Manifest, ShardInfo
-from fastdata.reader.blocks import BlockFill, block_mode, check_sparse, fetch_meta
+from fastdata.reader.blocks import BlockFill, block_mode, check_sparse, fetch_meta, page_span
 from fastdata.storage.download import RetryPolicy, download
 from fastdata.storage.plain_cache import drop, open_plain_directory, plain_file, private_directory
 from fastdata.storage.remote import Store
@@ -191,7 +192,9 @@ class FastdataFiles:
                 self.fill(info, dest)
                 fetched.append(True)
 
-            handle = self._cache.acquire(self.namespace, raw_name, info.raw_bytes, fill, next_use=next_use)
+            held = page_span(0, info.meta_bytes) if self._by_block(info) else None  # grows by block
+            handle = self._cache.acquire(self.namespace, raw_name, info.raw_bytes, fill,
+                                         next_use=next_use, accounted=held)
             if fetched:
                 self._mark_checked(index)
             with self._judging[index % _JUDGE_STRIPES]:
@@ -258,7 +261,12 @@ class FastdataFiles:
         """The block filler of shard ``index``'s (pinned) file at ``path``, or None when the
         shard is read whole (local, compressed, or format v1)."""
         info = self.manifest.shards[index]
-        return BlockFill(self.store, info, path, self.policy) if self._by_block(info) else None
+        if not self._by_block(info):
+            return None
+        grow = None
+        if self._cache is not None:  # the node cache accounts each run's bytes before they land
+            grow = functools.partial(self._cache.grow, self.namespace, info.name.removesuffix(".zst"))
+        return BlockFill(self.store, info, path, self.policy, grow)
 
     def _by_block(self, info: ShardInfo) -> bool:
         return self.blocks and block_mode(self.store, info)

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 _HOLDER = leases.HOLDER  # a holder's token: pid and a random nonce
 _ENTRY, _U64 = cache_db.ENTRY, cache_db.U64
+PAGE = 4096  #: the file-system block size that sparse files are accounted in (NodeCache.grow)
 _key = cache_db.entry_key
 
 
@@ -147,14 +148,18 @@ class NodeCache(CacheRecords):
         with self._txn() as (txn, dbs):
             self._drop(txn, dbs, key, reason)
 
-    def acquire(self, namespace: str, name: str, size: int, fill: Callable[[str], None], *,
-                next_use: float = math.inf) -> CachedShard:
+    def acquire(self, namespace: str, name: str, size: int, fill: Callable[[str], None], *,  # noqa: PLR0913
+                next_use: float = math.inf, accounted: int | None = None) -> CachedShard:
         """A pinned handle to ``<root>/<namespace>/<name>``, a file of exactly ``size`` bytes.
 
         A cached file of the right type and size is pinned as it is. Otherwise room is made
         (evicting unpinned, unreserved entries, largest ``next_use`` first, then the least
         recently used) and ``fill(temp_path)`` writes the file, verifying its hash and raising
         on a mismatch. While another live process fills the same shard, this waits for it.
+
+        ``accounted`` (default ``size``) is for a sparse file that ``fill`` writes only in part
+        (a shard fetched block by block): the bytes it holds on disk; whoever writes more
+        into it later accounts them first with :meth:`grow`.
 
         Raises:
             FastdataConfigError: a bad name or size, or one over the limit (naming the minimum).
@@ -164,7 +169,10 @@ class NodeCache(CacheRecords):
         key = _key(namespace, name)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise FastdataConfigError(f"shard size must be a non-negative int, got {size!r}")
-        if size > self.limit:
+        held = size if accounted is None else accounted
+        if isinstance(held, bool) or not isinstance(held, int) or not 0 <= held <= size:
+            raise FastdataConfigError(f"accounted bytes must be an int in [0, {size}], got {accounted!r}")
+        if size > self.limit and held == size:
             raise FastdataConfigError(
                 f"shard {namespace}/{name} is {size} bytes but the node cache limit is {self.limit}; "
                 f"the limit must be at least {self.minimum_limit(size, 1)} bytes for it alone")
@@ -179,7 +187,7 @@ class NodeCache(CacheRecords):
             raise FastdataCacheError(f"node cache {self.root}: directory {namespace!r} vanished")
         try:
             deadline, delay, takeover = time.monotonic() + self.wait_timeout, 0.002, False
-            while isinstance(got := self._reserve(key, size, next_use, takeover), str):
+            while isinstance(got := self._reserve(key, size, held, next_use, takeover), str):
                 if time.monotonic() >= deadline:
                     if got != "filling":
                         raise FastdataCacheError(got)
@@ -188,16 +196,89 @@ class NodeCache(CacheRecords):
                     deadline, takeover = time.monotonic() + self.wait_timeout, True
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
-            return got if isinstance(got, CachedShard) else self._fill(fd, key, size, next_use, fill, got)
+            if isinstance(got, CachedShard):
+                return got
+            return self._fill(fd, key, (size, held), next_use, fill, got)
         finally:
             os.close(fd)
 
-    def _reserve(self, key: bytes, size: int, next_use: float, takeover: bool):
+    def grow(self, namespace: str, name: str, nbytes: int) -> None:
+        """Account ``nbytes`` more of the pinned sparse file ``<namespace>/<name>`` (bytes about
+        to be written into its holes; capped at its size), making room as :meth:`acquire`
+        does. A file dropped meanwhile (found damaged) is not accounted: nothing to do.
+
+        Raises:
+            FastdataCacheError: no room within ``wait_timeout``.
+        """
+        key = _key(namespace, name)
+        deadline, delay = time.monotonic() + self.wait_timeout, 0.002
+        while isinstance(why := self._grow(key, nbytes), str):
+            if time.monotonic() >= deadline:
+                raise FastdataCacheError(why)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _grow(self, key: bytes, nbytes: int) -> str | None:
+        """One try of :meth:`grow`: None when accounted, else why to wait."""
+        seen: dict[bytes, bool] = {}
+        with self._txn() as (txn, dbs):
+            raw = txn.get(key, db=dbs["entries"])
+            if raw is None:
+                return None
+            held, next_use, tick = _ENTRY.unpack(raw)
+            if txn.get(key, db=dbs["sparse"]) is None:
+                return None  # not sparse: accounted at its full size already
+            more = min(nbytes, -(-self._file_size(txn, dbs, key, held) // PAGE) * PAGE - held)
+            if more <= 0:
+                return None
+            busy = {rkey for res, _, rkey in self._reservations(txn, dbs)
+                    if self._alive(res[:_HOLDER.size], seen)}
+            why = self._make_room(txn, dbs, key, more, busy | {key}, seen)
+            if why is None:
+                txn.put(key, _ENTRY.pack(held + more, next_use, tick), db=dbs["entries"])
+                self._count(txn, dbs, b"files", more)
+            return why
+
+    def _make_room(self, txn, dbs, key: bytes, size: int, busy: set[bytes],  # noqa: PLR0913
+                   seen: dict[bytes, bool]) -> str | None:
+        """Evict entries until ``size`` more bytes fit under the limit; None when they do, else
+        why not (the caller waits for pins to go). ``busy`` entries are never evicted."""
+        files, reserved = self._count(txn, dbs, b"files"), self._count(txn, dbs, b"reserved")
+        need = files + reserved + size - self.limit
+        if need <= 0:
+            return None
+        candidates, pinned = [], 0
+        for k, v in txn.cursor(db=dbs["entries"]):
+            esize, enext, etick = _ENTRY.unpack(v)
+            if k in busy or self._pinned(txn, dbs, k, seen):
+                pinned += esize
+            else:
+                candidates.append(eviction.Candidate(bytes(k), esize, enext, etick))
+        chosen = eviction.victims(candidates, need)
+        if chosen is None:
+            shard = key.decode().replace("\0", "/")
+            return (f"node cache {self.root} cannot make room for {shard} ({size} bytes)"
+                    f" within {self.wait_timeout:g} s: limit {self.limit} bytes, usage "
+                    f"{files + reserved} bytes, of which {pinned} pinned by running processes and "
+                    f"{reserved} reserved for downloads in flight; raise the limit (see "
+                    "NodeCache.minimum_limit) or release shards sooner")
+        for i, victim in enumerate(chosen):
+            self._lstat(*victim.key.decode().split("\0"), unlink=True)  # before the commit
+            if i == 0:
+                pause_point("mid_evict")
+            self._forget(txn, dbs, victim.key, victim.size)
+            metrics.count("cache.evictions")
+            metrics.count("cache.evicted_bytes", victim.size)
+            if victim.next_use != float("inf"):  # a later step was known to need it
+                metrics.count("cache.evictions.live")
+        return None
+
+    def _reserve(self, key: bytes, size: int, held: int, next_use: float, takeover: bool):
         """One try: a handle (a hit), (reservation key, temp name), or why to wait."""
         seen: dict[bytes, bool] = {}
         with self._txn() as (txn, dbs):
             if self._valid(txn, dbs, key, size):
-                self._touch(txn, dbs, key, size, next_use)
+                self._touch(txn, dbs, key, self._accounted(txn, dbs, key), next_use)
                 return self._pin(txn, dbs, key, size)
             busy = set()
             for res, _, rkey in self._reservations(txn, dbs):
@@ -207,42 +288,18 @@ class NodeCache(CacheRecords):
                     self._unreserve(txn, dbs, res)
             if key in busy and not takeover:
                 return "filling"
-            files, reserved = self._count(txn, dbs, b"files"), self._count(txn, dbs, b"reserved")
-            need = files + reserved + size - self.limit
-            if need > 0:
-                candidates, pinned = [], 0
-                for k, v in txn.cursor(db=dbs["entries"]):
-                    esize, enext, etick = _ENTRY.unpack(v)
-                    if k in busy or self._pinned(txn, dbs, k, seen):
-                        pinned += esize
-                    else:
-                        candidates.append(eviction.Candidate(bytes(k), esize, enext, etick))
-                chosen = eviction.victims(candidates, need)
-                if chosen is None:
-                    shard = key.decode().replace("\0", "/")
-                    return (f"node cache {self.root} cannot make room for {shard} ({size} bytes)"
-                            f" within {self.wait_timeout:g} s: limit {self.limit} bytes, usage "
-                            f"{files + reserved} bytes, of which {pinned} pinned by running processes and "
-                            f"{reserved} reserved for downloads in flight; raise the limit (see "
-                            "NodeCache.minimum_limit) or release shards sooner")
-                for i, victim in enumerate(chosen):
-                    self._lstat(*victim.key.decode().split("\0"), unlink=True)  # before the commit
-                    if i == 0:
-                        pause_point("mid_evict")
-                    txn.delete(victim.key, db=dbs["entries"])
-                    self._count(txn, dbs, b"files", -victim.size)
-                    metrics.count("cache.evictions")
-                    metrics.count("cache.evicted_bytes", victim.size)
-                    if victim.next_use != float("inf"):  # a later step was known to need it
-                        metrics.count("cache.evictions.live")
+            why = self._make_room(txn, dbs, key, held, busy, seen)
+            if why is not None:
+                return why
             res, tmp = self._me + os.urandom(8), temp_name(key.decode().split("\0")[1])
-            txn.put(res, _U64.pack(size) + key + b"\0" + tmp.encode(), db=dbs["reserve"])
-            self._count(txn, dbs, b"reserved", size)
+            txn.put(res, _U64.pack(held) + key + b"\0" + tmp.encode(), db=dbs["reserve"])
+            self._count(txn, dbs, b"reserved", held)
         return res, tmp
 
-    def _fill(self, fd: int, key: bytes, size: int, next_use: float, fill: Callable[[str], None],
-              reservation: tuple[bytes, str]) -> CachedShard:
-        (res, tmp), (namespace, name), renamed = reservation, key.decode().split("\0"), False
+    def _fill(self, fd: int, key: bytes, sizes: tuple[int, int], next_use: float,  # noqa: PLR0913
+              fill: Callable[[str], None], reservation: tuple[bytes, str]) -> CachedShard:
+        (size, held), (res, tmp), renamed = sizes, reservation, False
+        namespace, name = key.decode().split("\0")
         pause_point("after_reserve")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -261,13 +318,16 @@ class NodeCache(CacheRecords):
             with self._txn() as (txn, dbs):
                 if self._valid(txn, dbs, key, size):  # another process published it meanwhile
                     os.unlink(tmp, dir_fd=fd)
+                    held = self._accounted(txn, dbs, key)
                 else:
                     os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
                     renamed = True
                     pause_point("after_publish_before_account")
-                    self._count(txn, dbs, b"files", size)
+                    self._count(txn, dbs, b"files", held)
+                    if held != size:
+                        txn.put(key, _U64.pack(size), db=dbs["sparse"])
                 self._unreserve(txn, dbs, res)
-                self._touch(txn, dbs, key, size, next_use)
+                self._touch(txn, dbs, key, held, next_use)
                 handle = self._pin(txn, dbs, key, size)
             renamed = False  # committed: the file is accounted
             os.fsync(fd)

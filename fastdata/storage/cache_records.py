@@ -231,15 +231,34 @@ class CacheRecords:
             namespace, name = key.decode().split("\0")
             log.warning("node cache: dropping %s: %s", os.path.join(self.root, namespace, name), reason)
             self._lstat(namespace, name, unlink=True)
-            txn.delete(key, db=dbs["entries"])
-            self._count(txn, dbs, b"files", -ENTRY.unpack(raw)[0])
+            self._forget(txn, dbs, key, ENTRY.unpack(raw)[0])
+
+    def _forget(self, txn, dbs, key: bytes, accounted: int) -> None:
+        """Delete ``key``'s records (its file is gone) and stop accounting its bytes."""
+        txn.delete(key, db=dbs["entries"])
+        txn.delete(key, db=dbs["sparse"])
+        self._count(txn, dbs, b"files", -accounted)
+
+    @staticmethod
+    def _accounted(txn, dbs, key: bytes) -> int:
+        """The bytes accounted for ``key`` (0 without an entry)."""
+        raw = txn.get(key, db=dbs["entries"])
+        return ENTRY.unpack(raw)[0] if raw is not None else 0
+
+    @staticmethod
+    def _file_size(txn, dbs, key: bytes, accounted: int) -> int:
+        """The size of ``key``'s file: its accounted bytes, unless it is sparse (a shard fetched
+        block by block is accounted at the bytes written into it, ``NodeCache.grow``)."""
+        raw = txn.get(key, db=dbs["sparse"])
+        return U64.unpack(raw)[0] if raw else accounted
 
     def _valid(self, txn, dbs, key: bytes, size: int | None) -> bool:
         """Whether ``key`` has an entry whose file is intact; a damaged one is dropped."""
         raw = txn.get(key, db=dbs["entries"])
         if raw is None:
             return False
-        esize, st = ENTRY.unpack(raw)[0], self._lstat(*key.decode().split("\0"))
+        esize = self._file_size(txn, dbs, key, ENTRY.unpack(raw)[0])
+        st = self._lstat(*key.decode().split("\0"))
         if st is None:
             reason = "the file is missing"
         elif not stat.S_ISREG(st.st_mode):
@@ -336,13 +355,19 @@ class CacheRecords:
                             # content is hash-checked by each process on first use, as always
                             log.info("node cache: adopting %s (%s)", path, "records rebuilt" if rebuild
                                      else "published just before its writer died")
-                            self._touch(txn, dbs, key, st.st_size, math.inf)
-                            files += st.st_size
+                            held = min(st.st_size, st.st_blocks * 512)  # a sparse file: its blocks
+                            if held < st.st_size:
+                                txn.put(key, U64.pack(st.st_size), db=dbs["sparse"])
+                            self._touch(txn, dbs, key, held, math.inf)
+                            files += held
                         else:
                             log.warning("node cache: deleting %s: no cache entry records it", path)
                             self._lstat(namespace, fname, unlink=True)
                 finally:
                     os.close(fd)
+            for k in list(txn.cursor(db=dbs["sparse"]).iternext(values=False)):
+                if txn.get(k, db=dbs["entries"]) is None:
+                    txn.delete(k, db=dbs["sparse"])
             txn.put(b"files", U64.pack(files), db=dbs["meta"])
             txn.put(b"reserved", U64.pack(reserved), db=dbs["meta"])
         leases.sweep(self._db_fd())
