@@ -184,6 +184,7 @@ class FastdataFiles:
                     count_use(filled, ahead)
                     return path, _nothing
             raise FastdataIntegrityError(f"{self.store.describe(info.name)}: the cached copy stays damaged")
+        held = page_span(0, info.meta_bytes) if self._by_block(info) else None  # grows by block
         damaged = 0
         for _ in range(4):
             fetched: list[bool] = []
@@ -192,7 +193,6 @@ class FastdataFiles:
                 self.fill(info, dest)
                 fetched.append(True)
 
-            held = page_span(0, info.meta_bytes) if self._by_block(info) else None  # grows by block
             handle = self._cache.acquire(self.namespace, raw_name, info.raw_bytes, fill,
                                          next_use=next_use, accounted=held)
             if fetched:

@@ -226,9 +226,10 @@ class NodeCache(CacheRecords):
             if raw is None:
                 return None
             held, next_use, tick = _ENTRY.unpack(raw)
-            if txn.get(key, db=dbs["sparse"]) is None:
+            sparse = txn.get(key, db=dbs["sparse"])
+            if sparse is None:
                 return None  # not sparse: accounted at its full size already
-            more = min(nbytes, -(-self._file_size(txn, dbs, key, held) // PAGE) * PAGE - held)
+            more = min(nbytes, -(-_U64.unpack(sparse)[0] // PAGE) * PAGE - held)
             if more <= 0:
                 return None
             busy = {rkey for res, _, rkey in self._reservations(txn, dbs)
