@@ -369,3 +369,19 @@ def test_g6_allow_insecure_from_a_command_line_is_parsed(server, monkeypatch):
     assert Store(server.url + "/ds", {"allow_insecure": "true"}).allow_insecure
     with pytest.raises(fastdata.FastdataConfigError, match="true or false"):
         Store(server.url + "/ds", {"allow_insecure": "maybe"})
+
+
+def test_a_temp_file_removed_between_attempts_is_not_re_created(server, tmp_path):
+    """A clean-up (the exit's, after Ctrl-C, or another process's sweep) that removes a fill's
+    temp file while the fill waits to retry must not see it come back: the retry stops with a
+    named FastdataCacheError and makes no request (the intermittent temp file left behind by
+    tests/test_interrupts.py's in-process case)."""
+    data = os.urandom(3000)
+    path = blob(server, "gone.bin", data)
+    server.fault(path).throttle = 1  # the first GET answers 503: a retry follows
+    dest = tmp_path / "fill-temp"
+    with pytest.raises(fastdata.FastdataCacheError, match="was removed while"):
+        download(Store(server.url + "/ds", INSECURE), "gone.bin", str(dest), len(data),
+                 xxhash.xxh3_128_hexdigest(data), POLICY, on_retry=lambda *_: os.unlink(dest))
+    assert not dest.exists()
+    assert [r.status for r in server.requests("GET", path)] == [503]

@@ -199,6 +199,10 @@ def download(store: Store, name: str, dest: str, size: int, digest: str | None, 
     last: BaseException | None = None
     for attempt in range(1, policy.attempts + 1):
         stats.attempts = attempt
+        if attempt > 1 and not os.path.lexists(dest):  # never re-create a temp a clean-up removed
+            raise FastdataCacheError(f"{dest} was removed while {store.describe(name)} was being "
+                                     "fetched (the process is exiting, or its cache was swept); "
+                                     "not fetching it again")
         try:
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
